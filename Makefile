@@ -1,0 +1,34 @@
+# Each target bootstraps .venv from requirements.txt when it is missing or stale (idempotent).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.rocketctr-$(HASH)
+PYTEST_FLAGS ?=
+
+.PHONY: demo test test-slow test-all env clean
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+	@rm -f $(VENV)/.rocketctr-* && touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/rocketctr demo $(DEMO_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_FLAGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(PYTEST_FLAGS) || [ $$? -eq 5 ]  # 5: no slow test collected
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_FLAGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
