@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "eval": ("Beam job: offline GAUC / AUC / logloss / calibration of a model", None),
     "compare": ("compare eval results of several runs (mean +- std over seeds, paired t)", None),
     "demo": ("run the whole pipeline end to end on the built-in simulator", None),
-    "bench": ("benchmarks: preprocess, train, serve, quality", None),
+    "bench": ("benchmarks: preprocess, train, serve, quality", "bench"),
 }
 
 
