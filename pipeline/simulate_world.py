@@ -1,13 +1,13 @@
 """The simulator's fixed world: users, ads and the ground-truth click model's parameters, built from a seed.
 
-Everything row-independent lives here as fixed-size numpy arrays (about 200k users x 100k ads, ~60 MB), so
-generating rows (pipeline/simulate.py) is constant-memory whatever the row count. The entity graph is
+Everything row-independent lives here as fixed-size numpy arrays (200k users x 100k ads, ~130 MB), so
+generating rows (pipeline/simulate_rows.py) is constant-memory whatever the row count. The entity graph is
 long-tailed like a real display-ad log:
 
   brand (30k, each with a home category) <- advertiser (15k) <- campaign (40k) <- ad (100k);
   ad popularity, campaign/advertiser/brand sizes and category sizes follow power laws (Zipf-like weights),
-  users (200k) are sampled per impression proportionally to a log-normal activity, so at 1M rows a user has
-  5 impressions on average (heavy-tailed: many with 1-3, some with dozens).
+  users (200k) are sampled per impression proportionally to a log-normal activity, so at 1M rows ~172k users appear
+  with 5.8 impressions each on average (median 4, 81 % with >= 2, some with hundreds).
 
 Each user belongs to one of 12 latent segments and has 1-3 favourite categories; a K=8 interest vector
 u = 0.8*centroid[segment] + 0.7*mean(catvec[favourites]) + N(0, 0.3) (centred over users). The behaviour
@@ -21,15 +21,25 @@ Ground-truth logit (see `TruthModel`): z = additive + interaction, p = sigmoid(z
     + category bias N(0, .3) + .35*ad quality - .45*log(position) + pid/creative/gender/age/network/member
     effects + hour-of-day diurnal curve - .12*std(log price) + .10*std(log activity).
   interaction (zero-marginal-ish nonlinear terms only crosses / a deep tower capture):
-    interest   : 0.35 * (u . catvec[ad_cate])                  (latent dot product, ~0.5 logit std)
+    interest   : 0.5 * (u . catvec[ad_cate])                   (latent dot product, ~0.4 logit std)
     hist_cate  : +0.65 if ad_cate is in the user's hist_cate   (sequence-membership)
     hist_brand : +0.45 if ad_brand is in the user's hist_brand
-    price      : -0.9 if ad_price > the user's threshold exp(3.2 + 0.35*purchase_power_z)
+    price      : -0.9 if ad_price > the user's threshold exp(3.8 + 0.5*purchase_power_z)
     hour x os, age_level x creative_type, pid x ad_format, gender x ad_cate: double-centred random
     tables (std .35/.3/.3/.3), so they have no main effect for an additive model to absorb.
 The hidden biases and the Bernoulli draw cap any model's AUC; the interaction terms are the
 "booster-minus-light gap" Rocket Launching has to transfer. simulation.json records the realised
-ground-truth AUC and the additive-only AUC (sigmoid of the additive part alone) of a run.
+ground-truth AUC and the additive-only AUC (sigmoid of the additive part alone) of a run. Seed 0, 1M rows:
+truth AUC 0.827, additive-only 0.707, base CTR 3.5 %. On 150k rows (30k held out) a fitted per-feature
+logistic regression reaches ~0.71, the same model plus the truth's crosses ~0.77, the truth ~0.81
+(tests/test_simulate.py). Note the hidden biases alone also open a truth-vs-fitted gap, so "the
+interactions are real" is shown by the crosses lifting a fitted model, not by that gap.
+
+Missing values (rendered by pipeline/simulate_rows.py): per user u_gender 3 % "", u_age_level 2 % "NULL",
+u_city 4 % "", u_occupation 5 % "NULL", u_device_brand 2 % "", user_purchase_power 5 % ""; per ad ad_brand
+3 % "" (unbranded, also dropped from hist_brand), ad_hist_ctr "" for ads younger than 3 days; per row
+network 1 % "NULL", geo_region 1 % "", app_version 2 % "", user_session_len 2 % "". The truth always uses
+the real (hidden) value, as a logging gap would not change the user's behaviour.
 """
 
 from __future__ import annotations
@@ -224,12 +234,15 @@ def _build_users(rng: np.random.Generator, ads: Ads, cate_vec: np.ndarray, centr
     # behaviour sequence: past clicked ads, mostly from favourite categories
     length = np.where(rng.random(n) < 0.08, 0, np.minimum(HIST_MAX, 1 + rng.geometric(0.12, n)))
     slot_ok = np.arange(HIST_MAX)[None, :] < length[:, None]
-    from_fav = fav[np.arange(n)[:, None], rng.integers(0, 3, (n, HIST_MAX))]
-    from_seg = _pick_by_row(seg_cdf, np.repeat(segment, HIST_MAX), rng.random(n * HIST_MAX)).reshape(n, HIST_MAX)
-    want = np.where(rng.random((n, HIST_MAX)) < 0.7, from_fav, from_seg).ravel()
-    global_ads = rng.choice(N_ADS, want.size, p=ads.weight)
-    hist_ad = sample_within(ads.cate, ads.weight, N_CATES, want, rng, global_ads).reshape(n, HIST_MAX)
-    hist_brand = np.where(ads.brand_missing[hist_ad], -1, ads.brand[hist_ad])
+    owner = np.nonzero(slot_ok)[0]  # one entry per real history event, row-major
+    from_fav = fav[owner, rng.integers(0, 3, owner.size)]
+    from_seg = _pick_by_row(seg_cdf, segment[owner], rng.random(owner.size))
+    want = np.where(rng.random(owner.size) < 0.7, from_fav, from_seg)
+    global_ads = np.minimum(np.searchsorted(np.cumsum(ads.weight), rng.random(owner.size)), N_ADS - 1)
+    hist_ad = sample_within(ads.cate, ads.weight, N_CATES, want, rng, global_ads)
+    hist_cate, hist_brand = np.full((n, HIST_MAX), -1), np.full((n, HIST_MAX), -1)
+    hist_cate[slot_ok] = ads.cate[hist_ad]
+    hist_brand[slot_ok] = np.where(ads.brand_missing[hist_ad], -1, ads.brand[hist_ad])
     missing = {c: rng.random(n) < r for c, r in (("u_gender", .03), ("u_age_level", .02), ("u_city", .04),
                                                   ("u_occupation", .05), ("u_device_brand", .02),
                                                   ("user_purchase_power", .05))}
@@ -237,11 +250,11 @@ def _build_users(rng: np.random.Generator, ads: Ads, cate_vec: np.ndarray, centr
                  age=age, age_level=age_level, city=city, region=rng.integers(0, N_REGIONS, N_CITIES)[city],
                  occupation=rng.choice(N_OCCUPATIONS, n, p=zipf_weights(N_OCCUPATIONS, 0.8, rng)),
                  shopping_level=np.digitize(power + rng.normal(0.0, 0.5, n), [-0.7, 0.7]), device=device, os=os_,
-                 app_version=np.minimum(len(APP_VERSIONS) - 1, len(APP_VERSIONS) - 1 - rng.geometric(0.35, n) + 1),
+                 app_version=np.maximum(0, len(APP_VERSIONS) - rng.geometric(0.35, n)),
                  member_level=np.digitize(np.log(raw_activity) + rng.normal(0.0, 0.7, n), [-1.0, 0.0, 0.8, 1.6]),
                  activity=np.round(20 * raw_activity * np.exp(rng.normal(0.0, 0.3, n))).astype(np.int64),
                  power=np.round(power, 3), interest=interest, favourites=fav,
-                 hist_cate=np.where(slot_ok, ads.cate[hist_ad], -1), hist_brand=np.where(slot_ok, hist_brand, -1),
+                 hist_cate=hist_cate, hist_brand=hist_brand,
                  bias=rng.normal(0.0, 0.25, n), missing=missing)
 
 
@@ -257,7 +270,7 @@ def _build_truth(rng: np.random.Generator, cate_vec: np.ndarray) -> TruthModel:
         gender_cate=centred_table(rng, (2, N_CATES), .3),
         coef={"quality": .35, "log_position": -.45, "log_price_std": -.12, "log_activity_std": .10,
               "interest": .5, "hist_cate": .65, "hist_brand": .45, "over_budget": -.9,
-              "budget_log_price_at_mean_power": 3.2, "budget_per_power_std": .35})
+              "budget_log_price_at_mean_power": 3.8, "budget_per_power_std": .5})
 
 
 def build_world(seed: int) -> World:
