@@ -9,8 +9,10 @@ and fewer values than elements repeat the last one.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, types_pb2
 
 
 class TensorError(ValueError):
@@ -42,9 +44,10 @@ def dtype_name(enum: int) -> str:
 
 
 def proto_shape(tp: tensor_pb2.TensorProto) -> tuple[int, ...]:
-    if tp.tensor_shape.unknown_rank:
+    shape = tp.tensor_shape
+    if shape.unknown_rank:
         raise TensorError("tensor_shape has unknown rank; a request tensor needs a concrete shape")
-    dims = tuple(d.size for d in tp.tensor_shape.dim)
+    dims = tuple([d.size for d in shape.dim])
     if any(d < 0 for d in dims):
         raise TensorError(f"tensor_shape {list(dims)} has a negative dimension")
     return dims
@@ -53,22 +56,23 @@ def proto_shape(tp: tensor_pb2.TensorProto) -> tuple[int, ...]:
 def to_numpy(tp: tensor_pb2.TensorProto) -> np.ndarray:
     """Decode one request tensor. Strings become an object array of bytes (what tf.constant takes fastest)."""
     shape = proto_shape(tp)
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    n = math.prod(shape)
     if tp.dtype == types_pb2.DT_STRING:
-        values = tp.string_val
+        values = list(tp.string_val)
         if len(values) == n:
             arr = np.empty(n, dtype=object)
             arr[:] = values
-            return arr.reshape(shape)
-        return _fill(np.array(list(values), dtype=object), n, shape, tp.dtype)
+            return arr.reshape(shape) if len(shape) != 1 else arr
+        return _fill(np.array(values, dtype=object), n, shape, tp.dtype)
     if tp.dtype not in _NUMERIC:
         raise TensorError(f"unsupported dtype {dtype_name(tp.dtype)}")
     np_dtype, field = _NUMERIC[tp.dtype]
-    if tp.tensor_content:
-        if len(tp.tensor_content) != n * np_dtype.itemsize:
-            raise TensorError(f"tensor_content has {len(tp.tensor_content)} bytes; shape {list(shape)} of "
+    content = tp.tensor_content
+    if content:
+        if len(content) != n * np_dtype.itemsize:
+            raise TensorError(f"tensor_content has {len(content)} bytes; shape {list(shape)} of "
                               f"{dtype_name(tp.dtype)} needs {n * np_dtype.itemsize}")
-        return np.frombuffer(tp.tensor_content, dtype=np_dtype).reshape(shape)
+        return np.frombuffer(content, dtype=np_dtype).reshape(shape)
     values = getattr(tp, field)
     return _fill(np.asarray(values, dtype=np_dtype), n, shape, tp.dtype)
 
@@ -89,23 +93,27 @@ def _fill(flat: np.ndarray, n: int, shape: tuple[int, ...], dtype: int) -> np.nd
     return out.reshape(shape)
 
 
-def _shape_proto(shape: tuple[int, ...]) -> tensor_shape_pb2.TensorShapeProto:
-    return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(d))
-                                                  for d in shape])
-
-
 def from_numpy(arr: np.ndarray | list | str | bytes | float | int) -> tensor_pb2.TensorProto:
     """Encode numpy (or a list / scalar) as a TensorProto: numerics in tensor_content, strings in string_val."""
+    tp = tensor_pb2.TensorProto()
+    fill_proto(tp, arr)
+    return tp
+
+
+def fill_proto(tp: tensor_pb2.TensorProto, arr) -> None:
+    """Write `arr` into an existing (e.g. map-entry) TensorProto in place: saves a copy per response output."""
     a = np.asarray(arr)
+    for d in a.shape:
+        tp.tensor_shape.dim.add().size = int(d)
     if a.dtype.kind in "OUS":
-        tp = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=_shape_proto(a.shape))
+        tp.dtype = types_pb2.DT_STRING
         tp.string_val.extend(_as_bytes(v) for v in a.reshape(-1).tolist())
-        return tp
-    key = a.dtype.str.lstrip("<|=")
+        return
+    key = a.dtype.str.lstrip("<>|=")
     if key not in _TO_ENUM:
         raise TensorError(f"cannot encode numpy dtype {a.dtype}")
-    return tensor_pb2.TensorProto(dtype=_TO_ENUM[key], tensor_shape=_shape_proto(a.shape),
-                                  tensor_content=np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes())
+    tp.dtype = _TO_ENUM[key]
+    tp.tensor_content = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
 
 
 def _as_bytes(v) -> bytes:

@@ -1,0 +1,222 @@
+"""`rocketctr bench serve`: latency of the light export (and, for comparison, a booster export) per signature.
+
+For N candidates in --sizes, per signature, it measures p50/p99 over --requests calls after --warmup calls:
+  in-process: the version's SignatureRunner (validation + concrete function), what a co-located ranker pays;
+  gRPC: a prebuilt PredictRequest through the stock stub to `rocketctr serve` in a separate process on
+        loopback (so client and server do not share one interpreter lock), what a remote caller pays.
+Request rows are the real eval rows in each version's warmup file, tiled to N. Prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc, predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from serving.registry import scan_versions
+from serving.signatures import Servable, decode_inputs, load_servable
+from serving.tensors import fill_proto
+from serving.warmup import read_warmup
+
+SIGNATURES = ("serving_default", "predict_raw", "score_candidates")
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="rocketctr bench serve", description=__doc__.splitlines()[0])
+    p.add_argument("--model-base", required=True, help="model base of the light export")
+    p.add_argument("--booster-base", default=None, help="model base of a booster export of the same run")
+    p.add_argument("--sizes", default="1,100,300,1000", help="candidates per request")
+    p.add_argument("--signatures", default=",".join(SIGNATURES))
+    p.add_argument("--requests", type=int, default=1000, help="timed calls per cell")
+    p.add_argument("--warmup", type=int, default=100, help="untimed calls per cell first")
+    p.add_argument("--no-grpc", action="store_true", help="in-process figures only")
+    p.add_argument("--workers", type=int, default=4, help="server gRPC thread pool")
+    p.add_argument("--intra-op-threads", type=int, default=None)
+    p.add_argument("--inter-op-threads", type=int, default=None)
+    p.add_argument("--json", default=None, help="also write the figures here")
+    return p.parse_args(argv)
+
+
+def base_inputs(servable: Servable) -> dict[str, dict[str, np.ndarray]]:
+    """Per signature, the largest warmup request's inputs (real eval rows)."""
+    reqs, _ = read_warmup(servable.path)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for r in reqs:
+        sig = r.model_spec.signature_name or "serving_default"
+        x = decode_inputs(r.inputs)
+        if sig not in out or _rows(x) > _rows(out[sig]):
+            out[sig] = x
+    if not out:
+        raise SystemExit(f"{servable.path}: no warmup requests to build benchmark rows from (export with "
+                         f"`rocketctr export` writes them)")
+    return out
+
+
+def _rows(x: dict[str, np.ndarray]) -> int:
+    return max(v.shape[0] for v in x.values())
+
+
+def tile_to(x: dict[str, np.ndarray], n: int, spec_shapes: dict) -> dict[str, np.ndarray]:
+    """Repeat the rows to n; inputs fixed at batch 1 (score_candidates' user side) stay as they are."""
+    out = {}
+    for k, v in x.items():
+        if spec_shapes[k] and spec_shapes[k][0] == 1:
+            out[k] = v
+        else:
+            out[k] = np.resize(v, (n, *v.shape[1:])) if v.ndim > 1 else np.resize(v, n)
+    return out
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    a = np.asarray(samples) * 1e3
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def time_calls(fn, warmup: int, n: int) -> tuple[float, float]:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return percentiles(ts)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`rocketctr serve` in a child process on a free loopback port; ready once GetModelStatus is AVAILABLE."""
+
+    def __init__(self, base: str, name: str, args: argparse.Namespace):
+        self.port = _free_port()
+        cmd = [sys.executable, "-m", "rocketctr.cli", "serve", "--model-base", base, "--model-name", name,
+               "--port", str(self.port), "--workers", str(args.workers), "--max-message-mb", "64"]
+        for flag, v in (("--intra-op-threads", args.intra_op_threads), ("--inter-op-threads", args.inter_op_threads)):
+            if v:
+                cmd += [flag, str(v)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}", options=[
+            ("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)])
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        status = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        req = get_model_status_pb2.GetModelStatusRequest()
+        req.model_spec.name = name
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if any(s.state == 30 for s in status.GetModelStatus(req, timeout=1).model_version_status):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise SystemExit("server did not become ready in 120 s")
+
+    def stop(self) -> None:
+        self.channel.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def model_size(path: Path) -> dict:
+    files = sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and "assets.extra" not in p.parts)
+    params = sum(int(np.prod(shape)) for _, shape in tf.train.list_variables(str(path / "variables" / "variables")))
+    return {"bytes": files, "params": params}
+
+
+def bench_model(label: str, base: str, args: argparse.Namespace, sizes: list[int], sigs: list[str]) -> list[dict]:
+    versions = scan_versions(base)
+    if not versions:
+        raise SystemExit(f"{base}: no version folders")
+    version = max(versions)
+    servable = load_servable(versions[version], version)
+    inputs = base_inputs(servable)
+    server = None if args.no_grpc else ServerProcess(base, label, args)
+    rows = []
+    try:
+        for sig in sigs:
+            runner = servable.runner(sig)
+            shapes = {k: s.shape for k, s in runner.inputs.items()}
+            for n in sizes:
+                x = tile_to(inputs[sig], n, shapes)
+                p50, p99 = time_calls(lambda: runner.run(x), args.warmup, args.requests)
+                row = {"model": label, "version": version, "signature": sig, "n": n,
+                       "inproc_p50_ms": p50, "inproc_p99_ms": p99}
+                if server is not None:
+                    req = predict_pb2.PredictRequest()
+                    req.model_spec.name, req.model_spec.signature_name = label, sig
+                    for k, v in x.items():
+                        fill_proto(req.inputs[k], v)
+                    row["grpc_p50_ms"], row["grpc_p99_ms"] = time_calls(
+                        lambda: server.stub.Predict(req, timeout=30), args.warmup, args.requests)
+                rows.append(row)
+                print(f"  {label} {sig} N={n}: " + ", ".join(f"{k}={v:.3f}" for k, v in row.items()
+                                                            if k.endswith("_ms")), file=sys.stderr)
+    finally:
+        if server is not None:
+            server.stop()
+    return rows
+
+
+def markdown(rows: list[dict], sizes: dict[str, dict]) -> str:
+    has_grpc = any("grpc_p50_ms" in r for r in rows)
+    head = "| model | signature | N | in-process p50 ms | in-process p99 ms |" + (
+        " gRPC p50 ms | gRPC p99 ms |" if has_grpc else "")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for r in rows:
+        cells = [r["model"], r["signature"], str(r["n"]), f"{r['inproc_p50_ms']:.3f}", f"{r['inproc_p99_ms']:.3f}"]
+        if has_grpc:
+            cells += [f"{r['grpc_p50_ms']:.3f}", f"{r['grpc_p99_ms']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    light = {(r["signature"], r["n"]): r for r in rows if r["model"] == "light"}
+    boost = [r for r in rows if r["model"] == "booster" and (r["signature"], r["n"]) in light]
+    if boost:
+        key = "grpc_p50_ms" if has_grpc else "inproc_p50_ms"
+        lines += ["", f"| signature | N | booster/light p50 ({key.split('_')[0]}) | booster/light p99 |",
+                  "| --- | --- | --- | --- |"]
+        for b in boost:
+            li = light[(b["signature"], b["n"])]
+            k99 = key.replace("p50", "p99")
+            lines.append(f"| {b['signature']} | {b['n']} | {b[key] / li[key]:.2f}x | {b[k99] / li[k99]:.2f}x |")
+    lines += ["", "| model | SavedModel bytes (without assets.extra) | parameters |", "| --- | --- | --- |"]
+    for label, s in sizes.items():
+        lines.append(f"| {label} | {s['bytes']:,} | {s['params']:,} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = _args(argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    sigs = [s for s in args.signatures.split(",") if s]
+    bases = {"light": args.model_base, **({"booster": args.booster_base} if args.booster_base else {})}
+    rows, model_sizes = [], {}
+    for label, base in bases.items():
+        rows += bench_model(label, base, args, sizes, sigs)
+        model_sizes[label] = model_size(scan_versions(base)[max(scan_versions(base))])
+    print(f"\nrocketctr bench serve: {args.requests} timed requests per cell after {args.warmup} warm-up; "
+          f"{os.cpu_count()} CPUs visible; figures are noisy when other jobs share the CPU.\n")
+    print(markdown(rows, model_sizes))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rows": rows, "sizes": model_sizes, "argv": argv}, indent=1))
+    return 0

@@ -1,0 +1,207 @@
+"""PredictClient: raw feature rows -> a TF Serving PredictRequest -> numpy scores.
+
+Uses only the stock tensorflow-serving-api stubs, so it talks to our server and to the real
+tensorflow/serving binary alike. Requests are built from the feature spec when given (dtypes and shapes
+from feature_specs.derive.serving_input_specs, missing numerics -> the spec default as in the records,
+sequences truncated to max_length and padded with ""), else from the server's own SignatureDefs
+(GetModelMetadata), so a client needs nothing but the target and the model name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+                                     predict_pb2, prediction_service_pb2_grpc)
+
+from feature_specs import derive
+from feature_specs.schema import FeatureSpec
+from serving.tensors import fill_proto, to_numpy
+
+
+@dataclass(frozen=True)
+class _Col:
+    """How one signature input is built: string or float, rank 1 or 2, batch-1 (user side) or not."""
+
+    name: str
+    is_string: bool
+    rank: int
+    batch1: bool
+    default: float | None = None
+    delimiter: str = "|"
+    max_length: int = 0
+
+
+class PredictClient:
+    """A PredictionService / ModelService client for one model. `tls`: False, True (system roots) or a CA file."""
+
+    def __init__(self, target: str, model_name: str, spec: FeatureSpec | None = None,
+                 tls: bool | str | Path = False, timeout: float = 10.0, max_message_mb: float = 64.0,
+                 version: int | None = None):
+        opts = [("grpc.max_receive_message_length", int(max_message_mb * 2**20)),
+                ("grpc.max_send_message_length", int(max_message_mb * 2**20))]
+        if tls:
+            root = None if tls is True else Path(tls).read_bytes()
+            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root), options=opts)
+        else:
+            self.channel = grpc.insecure_channel(target, options=opts)
+        self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
+        self.model_name, self.spec, self.timeout, self.version = model_name, spec, timeout, version
+        self._layouts: dict[str, dict[str, _Col]] = {}
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "PredictClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- scoring -----------------------------------------------------------------------------------
+    def predict(self, inputs: Mapping[str, np.ndarray], signature: str = "serving_default",
+                output: str = "ctr") -> np.ndarray:
+        """Send ready tensors (numpy) to a signature; return one output."""
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = self.model_name
+        req.model_spec.signature_name = signature
+        if self.version is not None:
+            req.model_spec.version.value = self.version
+        for k, v in inputs.items():
+            fill_proto(req.inputs[k], v)
+        req.output_filter.append(output)
+        resp = self.predict_stub.Predict(req, timeout=self.timeout)
+        return to_numpy(resp.outputs[output])
+
+    def predict_examples(self, examples: Sequence[bytes], output: str = "ctr") -> np.ndarray:
+        """Serialized tf.train.Examples (the eval records' layout) through serving_default."""
+        return self.predict({"examples": np.asarray(list(examples), dtype=object)}, "serving_default", output)
+
+    def predict_raw(self, features, output: str = "ctr") -> np.ndarray:
+        """Rows of raw features (dict of columns or a DataFrame) through predict_raw."""
+        cols = _columns(features)
+        layout = self.layout("predict_raw")
+        return self.predict({k: _build(c, _need(cols, k)) for k, c in layout.items()}, "predict_raw", output)
+
+    def score_candidates(self, user: Mapping, items, output: str = "ctr") -> np.ndarray:
+        """One user/context (a dict of scalars / one sequence) against N candidate items."""
+        cols = _columns(items)
+        inputs = {}
+        for k, c in self.layout("score_candidates").items():
+            inputs[k] = _build(c, [_need(user, k)]) if c.batch1 else _build(c, _need(cols, k))
+        return self.predict(inputs, "score_candidates", output)
+
+    # ---- model service ------------------------------------------------------------------------------
+    def metadata(self) -> dict:
+        """signature name -> SignatureDef (the server's GetModelMetadata, unpacked)."""
+        req = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        req.model_spec.name = self.model_name
+        if self.version is not None:
+            req.model_spec.version.value = self.version
+        resp = self.predict_stub.GetModelMetadata(req, timeout=self.timeout)
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        resp.metadata["signature_def"].Unpack(sig_map)
+        return dict(sig_map.signature_def)
+
+    def status(self) -> list[dict]:
+        """[{version, state, error_code, error_message}] newest first (ModelService.GetModelStatus)."""
+        req = get_model_status_pb2.GetModelStatusRequest()
+        req.model_spec.name = self.model_name
+        resp = self.model_stub.GetModelStatus(req, timeout=self.timeout)
+        names = get_model_status_pb2.ModelVersionStatus.State.Name
+        return [{"version": s.version, "state": names(s.state), "error_code": s.status.error_code,
+                 "error_message": s.status.error_message} for s in resp.model_version_status]
+
+    def layout(self, signature: str) -> dict[str, _Col]:
+        if signature not in self._layouts:
+            self._layouts[signature] = _spec_layout(self.spec, signature) if self.spec is not None \
+                else _metadata_layout(self.metadata(), signature)
+        return self._layouts[signature]
+
+
+def _spec_layout(spec: FeatureSpec, signature: str) -> dict[str, _Col]:
+    batch1 = set(derive.serving_input_specs(spec, sides=("user", "context"), batch=1)) \
+        if signature == "score_candidates" else set()
+    out = {}
+    for k, ts in derive.serving_input_specs(spec).items():
+        f = spec.feature(k)
+        out[k] = _Col(k, ts.dtype.name == "string", ts.shape.rank, k in batch1,
+                      f.default if f.kind == "numeric" else None, f.delimiter, f.max_length)
+    return out
+
+
+def _metadata_layout(sig_defs: dict, signature: str) -> dict[str, _Col]:
+    if signature not in sig_defs:
+        raise ValueError(f"the server has no signature {signature!r} (has {sorted(sig_defs)})")
+    out = {}
+    for k, t in sig_defs[signature].inputs.items():
+        dims = [d.size for d in t.tensor_shape.dim]
+        out[k] = _Col(k, t.dtype == types_pb2.DT_STRING, len(dims), bool(dims) and dims[0] == 1)
+    return out
+
+
+def _columns(rows) -> Mapping:
+    """A DataFrame or a dict of columns -> column name -> list of values."""
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):
+        return {c: rows[c].tolist() for c in rows.columns}
+    return rows
+
+
+def _need(cols: Mapping, k: str):
+    if k not in cols:
+        raise ValueError(f"feature {k!r} is missing from the request rows (have {sorted(cols)})")
+    return cols[k]
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _token(v) -> bytes:
+    if isinstance(v, bytes):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)  # a pandas int column with gaps becomes float: 3.0 must match the vocabulary's "3"
+    return str(v).encode("utf-8")
+
+
+def _build(c: _Col, values) -> np.ndarray:
+    values = list(values)
+    if not c.is_string:
+        out = np.empty(len(values), dtype=np.float32)
+        for i, v in enumerate(values):
+            if _missing(v) or v == "":
+                if c.default is None:
+                    raise ValueError(f"numeric feature {c.name!r} is missing at row {i} and no spec gives a "
+                                     f"default (pass spec=...)")
+                v = c.default
+            try:
+                out[i] = float(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"numeric feature {c.name!r} row {i}: {v!r} is not a number") from None
+        return out
+    if c.rank == 1:
+        return np.asarray([b"" if _missing(v) else _token(v) for v in values], dtype=object)
+    seqs = []
+    for v in values:
+        if _missing(v) or (isinstance(v, str) and v == ""):
+            toks = []
+        elif isinstance(v, (str, bytes)):
+            s = v.decode() if isinstance(v, bytes) else v
+            toks = [t for t in s.split(c.delimiter) if t]
+        else:
+            toks = [_token(t) for t in v if not _missing(t) and t != ""]
+        toks = [_token(t) for t in toks]
+        seqs.append(toks[-c.max_length:] if c.max_length else toks)
+    width = max([1, *map(len, seqs)])
+    out = np.full((len(seqs), width), b"", dtype=object)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = s
+    return out

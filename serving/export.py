@@ -1,0 +1,202 @@
+"""Export a trained run's light net as a TF Serving model version: DIR/<version>/saved_model.pb + variables/.
+
+Only the light path (input preprocessing + shared embeddings + light tower) is written: models.saved
+tracks exactly that. Before a version becomes visible it must pass the same gates the server applies:
+it loads, its warmup requests (real eval rows, in TF Serving's assets.extra format) run through all three
+signatures, its scores equal the training model's light logits (max abs diff < 1e-5), and for the light
+net no booster variable is in it. The version is built in DIR/.tmp-<uuid> (a name TF Serving and our
+registry ignore) and renamed into place, so a crash leaves no half version for a server to pick up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.apis import predict_pb2
+
+import feature_specs
+from feature_specs import artifacts, derive
+from feature_specs.loader import spec_hash
+from feature_specs.schema import FeatureSpec
+from serving.registry import warm_up
+from serving.signatures import ASSETS_EXTRA, METADATA_FILE, load_servable
+from serving.tensors import fill_proto
+from serving.warmup import write_warmup
+
+PARITY_TOLERANCE = 1e-5
+BOOSTER_WARNING = ("--tower booster exports the BOOSTER net for benchmarking only: it is NOT the model to serve "
+                   "(metadata marks it for_serving=false)")
+log = logging.getLogger("rocketctr.serving.export")
+
+
+class ExportError(RuntimeError):
+    """The export could not be published (bad version, failed gate); nothing visible was written."""
+
+
+def next_version(model_base: str | Path) -> int:
+    """max(existing integer version folder) + 1, or 1 for an empty base."""
+    base = Path(model_base)
+    versions = [int(p.name) for p in base.iterdir() if p.name.isdigit()] if base.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def exported_variable_names(version_dir: str | Path) -> list[str]:
+    """Names of every variable saved in a SavedModel (from its object graph): what the no-booster test lists."""
+    sm = saved_model_pb2.SavedModel()
+    sm.ParseFromString((Path(version_dir) / "saved_model.pb").read_bytes())
+    return sorted(n.variable.name for mg in sm.meta_graphs for n in mg.object_graph_def.nodes
+                  if n.WhichOneof("kind") == "variable")
+
+
+def read_eval_examples(data_dir: str | Path, n: int) -> list[bytes]:
+    """The first n serialized examples of the eval split (real requests for warmup and the parity gate)."""
+    shards = artifacts.list_shards(data_dir, "eval")
+    ds = tf.data.TFRecordDataset(shards, compression_type="GZIP").take(n)
+    out = [r.numpy() for r in ds]
+    if not out:
+        raise ExportError(f"{data_dir}: the eval split is empty; warmup requests need real rows")
+    return out
+
+
+def model_inputs_of(spec: FeatureSpec, examples: list[bytes]) -> dict[str, np.ndarray]:
+    parsed = tf.io.parse_example(tf.constant(examples), derive.parse_spec(spec, features_only=True))
+    return {k: v.numpy() for k, v in derive.to_model_inputs(spec, parsed).items()}
+
+
+def warmup_requests(spec: FeatureSpec, examples: list[bytes], model_name: str = "") -> list[predict_pb2.PredictRequest]:
+    """Per signature one single-row and one full-batch request (two graph shapes warmed each)."""
+    x = model_inputs_of(spec, examples)
+    user = set(derive.serving_input_specs(spec, sides=("user", "context"), batch=1))
+    batches = {
+        "serving_default": lambda n: {"examples": np.asarray(examples[:n], dtype=object)},
+        "predict_raw": lambda n: {k: v[:n] for k, v in x.items()},
+        "score_candidates": lambda n: {k: (v[:1] if k in user else v[:n]) for k, v in x.items()},
+    }
+    out = []
+    for sig, make in batches.items():
+        for n in sorted({1, len(examples)}):
+            r = predict_pb2.PredictRequest()
+            r.model_spec.name = model_name
+            r.model_spec.signature_name = sig
+            for k, v in make(n).items():
+                fill_proto(r.inputs[k], v)
+            out.append(r)
+    return out
+
+
+def export_run(run_dir: str | Path, model_base: str | Path, version: int | None = None, tower: str = "light",
+               warmup_rows: int = 8) -> Path:
+    """Load a finished run (models.run.load_run) and publish its `tower` as a new version folder."""
+    from models.run import load_run
+
+    loaded = load_run(run_dir)
+    metrics_path = Path(run_dir) / "metrics.json"
+    run_info = {"run_dir": str(Path(run_dir).resolve()), "data_dir": str(loaded.data_dir),
+                "mode": loaded.cfg.train.mode,
+                "metrics": json.loads(metrics_path.read_text()) if metrics_path.exists() else None}
+    return export_model(loaded.model, loaded.spec, loaded.data_dir, model_base, version, tower, run_info,
+                        warmup_rows)
+
+
+def export_model(model, spec: FeatureSpec, data_dir: str | Path, model_base: str | Path,
+                 version: int | None = None, tower: str = "light", run_info: dict | None = None,
+                 warmup_rows: int = 8) -> Path:
+    """Publish `tower` of a built model atomically as model_base/<version>; returns the version folder."""
+    from models.saved import save_tower
+
+    if tower not in ("light", "booster"):
+        raise ExportError(f"--tower must be light or booster, got {tower!r}")
+    if tower == "booster":
+        log.warning(BOOSTER_WARNING)
+    base = Path(model_base)
+    base.mkdir(parents=True, exist_ok=True)
+    version = next_version(base) if version is None else version
+    if version < 1:
+        raise ExportError(f"version must be a positive integer, got {version}")
+    final = base / str(version)
+    if final.exists():
+        raise ExportError(f"{final} already exists: versions are immutable, pick another --version")
+    tmp = base / f".tmp-{uuid.uuid4().hex}"
+    t0 = time.perf_counter()
+    try:
+        save_tower(model, tower, tmp)
+        examples = read_eval_examples(data_dir, warmup_rows)
+        write_warmup(tmp, warmup_requests(spec, examples, base.name))
+        variables = exported_variable_names(tmp)
+        if tower == "light":
+            _check_no_booster(model, variables)
+        parity = _check(tmp, model, spec, tower, examples)
+        meta = _metadata(spec, tower, version, run_info, parity, variables, time.perf_counter() - t0)
+        (tmp / ASSETS_EXTRA / METADATA_FILE).write_text(json.dumps(meta, indent=1, default=str))
+        if final.exists():
+            raise ExportError(f"{final} appeared while exporting (a concurrent export?); not overwriting it")
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %s tower of %s as %s (parity max abs diff %.2e)", tower,
+             (run_info or {}).get("run_dir", "model"), final, parity)
+    return final
+
+
+def _check(path: Path, model, spec: FeatureSpec, tower: str, examples: list[bytes]) -> float:
+    """Load as the server does, replay warmup, and compare every signature to the training model's logits."""
+    servable = load_servable(path, 0)
+    warm_up(servable)
+    x = model_inputs_of(spec, examples)
+    want = getattr(model, f"{tower}_logits")({k: tf.constant(v) for k, v in x.items()})
+    want = np.asarray(want).reshape(-1)
+    user = set(derive.serving_input_specs(spec, sides=("user", "context"), batch=1))
+    got = {"serving_default": servable.runner("serving_default").run(
+               {"examples": np.asarray(examples, dtype=object)})["logit"],
+           "predict_raw": servable.runner("predict_raw").run(x)["logit"]}
+    # score_candidates broadcasts row 0's user/context: compare with the model on the same broadcast rows
+    same_user = {k: (np.repeat(v[:1], len(examples), axis=0) if k in user else v) for k, v in x.items()}
+    want_same = np.asarray(getattr(model, f"{tower}_logits")({k: tf.constant(v) for k, v in same_user.items()}))
+    got_sc = servable.runner("score_candidates").run({k: (v[:1] if k in user else v) for k, v in x.items()})["logit"]
+    diffs = {k: float(np.max(np.abs(v - want))) for k, v in got.items()}
+    diffs["score_candidates"] = float(np.max(np.abs(got_sc - want_same.reshape(-1))))
+    worst = max(diffs.values())
+    if not worst < PARITY_TOLERANCE:
+        raise ExportError(f"exported {tower} net disagrees with the training model: max abs logit diff per "
+                          f"signature {diffs} (tolerance {PARITY_TOLERANCE})")
+    return worst
+
+
+def _check_no_booster(model, variables: list[str]) -> None:
+    strip = lambda n: n.split(":")[0]  # noqa: E731
+    booster = {strip(v.name) for v in getattr(model, "booster_variables", [])}
+    keep = {strip(v.name) for v in [*getattr(model, "shared_variables", []), *getattr(model, "light_variables", [])]}
+    leaked = [n for n in variables if n.startswith("booster/") or (strip(n) in booster - keep)]
+    if leaked:
+        raise ExportError(f"the light export contains booster variables {leaked[:5]}; models.saved must track "
+                          f"only the light path")
+
+
+def _metadata(spec: FeatureSpec, tower: str, version: int, run_info: dict | None, parity: float,
+              variables: list[str], seconds: float) -> dict:
+    sides = {s: [f.name for f in spec.by_side(s)] for s in ("user", "item", "context")}
+    return {
+        "format": 1, "tower": tower, "for_serving": tower == "light",
+        "warning": None if tower == "light" else BOOSTER_WARNING,
+        "version": version, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "code_version": feature_specs.runtime.code_version(), "export_seconds": round(seconds, 2),
+        "spec": {"name": spec.name, "hash": spec_hash(spec), "path": spec.path,
+                 "features": [{"name": f.name, "kind": f.kind, "side": f.side, "towers": list(f.towers)}
+                              for f in spec.features],
+                 "sides": sides, "label": spec.label.name},
+        "signatures": {"serving_default": "examples: string[N] (serialized tf.Example) -> ctr, logit [N]",
+                       "predict_raw": "raw features (feature_specs.derive.serving_input_specs) -> ctr, logit [N]",
+                       "score_candidates": "user+context batch 1, item batch N -> ctr, logit [N]"},
+        "parity_max_abs_logit_diff": parity, "variables": len(variables),
+        "run": run_info,
+    }
