@@ -1,0 +1,289 @@
+"""Row validation: every raw line becomes either a typed record or a dead-letter rejection with a reason.
+
+Nothing crashes the job and nothing is dropped silently: each rejection carries the raw line (decoded with
+replacement), its file, a reason from REASONS and a human detail, and is counted with a Beam Metrics counter.
+Missing values the spec allows (format.missing_values) are not errors: they become absent features.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+
+import apache_beam as beam
+
+from feature_specs.schema import FeatureSpec
+from pipeline.counting import global_value
+from pipeline.io import split_fields
+from pipeline.layout import WIRE_BYTES, WIRE_FLOAT, WIRE_INT64, FieldPlan, record_group
+from pipeline.split import split_token_fn
+
+REJECTED = "rejected"
+REASONS: tuple[str, ...] = (
+    "empty_line",         # a blank line
+    "invalid_encoding",   # bytes not decodable in spec.format.encoding
+    "column_count",       # wrong number of fields for format.columns
+    "oversized_field",    # a field longer than --max-field-chars
+    "join_miss",          # a side-table key absent from that table
+    "missing_label",      # label column empty / a missing value
+    "bad_label",          # label not a number, or not 0/1 when no threshold is declared
+    "bad_number",         # numeric feature or weight not a finite number
+    "bad_int",            # dtype: int categorical / sequence token not an integer
+    "bad_timestamp",      # timestamp not an integer
+    "missing_timestamp",  # time-based split but no timestamp
+    "missing_group_key",  # group key (user id) empty: needed for the split and per-user metrics
+)
+
+
+class Reject(Exception):
+    """Raised inside a converter; turned into a dead-letter record by the DoFn."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def rejection(file: str, line: str, reason: str, detail: str) -> str:
+    """The dead-letter JSON line (DIR/rejected/*.jsonl)."""
+    return json.dumps({"file": file, "line": line, "reason": reason, "detail": detail}, ensure_ascii=False)
+
+
+def reason_of(rejected_json: str) -> str:
+    return json.loads(rejected_json)["reason"]
+
+
+def _is_int(v: str) -> bool:
+    return v.isascii() and (v[1:] if v[:1] in "+-" else v).isdigit()
+
+
+class LineParser:
+    """raw bytes -> list of string fields (decoding, empty lines, column count)."""
+
+    def __init__(self, spec: FeatureSpec):
+        self.encoding = spec.format.encoding
+        self.delimiter = spec.format.delimiter
+        self.ncols = len(spec.format.columns)
+
+    def parse(self, raw: bytes) -> tuple[str, list[str]]:
+        try:
+            text = raw.decode(self.encoding)
+        except UnicodeDecodeError as e:
+            raise Reject("invalid_encoding", f"not valid {self.encoding} at byte {e.start}: {e.reason}") from None
+        if not text.strip():
+            raise Reject("empty_line", "blank line")
+        fields = split_fields(text, self.delimiter)
+        if len(fields) != self.ncols:
+            raise Reject("column_count", f"expected {self.ncols} columns separated by {self.delimiter!r}, "
+                         f"got {len(fields)}")
+        return text, fields
+
+
+class RowConverter:
+    """joined string fields -> (split token, record tuple in layout order).
+
+    The layout is grouped by encoding (single strings, floats, sequences, int64s; see layout.record_layout),
+    so each group is converted by a list comprehension; a failure re-checks field by field for the reason."""
+
+    def __init__(self, spec: FeatureSpec, layout: Sequence[FieldPlan], max_field_chars: int):
+        self.columns = spec.all_columns
+        self.missing = frozenset(spec.format.missing_values)
+        self.max_field_chars = max_field_chars
+        self.label = spec.label
+        self.group_col = self.columns.index(spec.group_key) if spec.group_key else None
+        self.needs_ts = spec.split.method.startswith("time")
+        self.split_token = split_token_fn(spec.split)
+        layout = tuple(layout)
+        self.str_cols = [fp.column for fp in layout if fp.wire == WIRE_BYTES and not fp.varlen]
+        self.int_pos = [i for i, fp in enumerate(layout[:len(self.str_cols)])
+                        if fp.feature is not None and fp.feature.dtype == "int"]
+        floats = [fp for fp in layout if fp.wire == WIRE_FLOAT]
+        self.float_cols = [fp.column for fp in floats]
+        self.label_pos = next(i for i, fp in enumerate(floats) if fp.role == "label")
+        self.seqs = [(fp.column, fp.feature.delimiter, fp.feature.max_length, fp.feature.dtype == "int")
+                     for fp in layout if fp.varlen]
+        self.ts_col = next((fp.column for fp in layout if fp.wire == WIRE_INT64), None)
+        if list(layout) != sorted(layout, key=record_group):
+            raise ValueError("layout is not grouped: use layout.record_layout()")
+
+    def convert(self, fields: Sequence[str], text: str) -> tuple[float, tuple]:
+        if self.max_field_chars and max(map(len, fields)) > self.max_field_chars:
+            i = max(range(len(fields)), key=lambda j: len(fields[j]))
+            raise Reject("oversized_field", f"column {self.columns[i]!r} has {len(fields[i])} characters "
+                         f"(limit {self.max_field_chars})")
+        missing = self.missing
+        group = None
+        if self.group_col is not None:
+            group = fields[self.group_col].strip()
+            if group in missing:
+                raise Reject("missing_group_key", f"group key column {self.columns[self.group_col]!r} is empty")
+        strs = [fields[c].strip() for c in self.str_cols]
+        strs = [None if v in missing else v for v in strs]
+        for i in self.int_pos:
+            v = strs[i]
+            if v is not None and not _is_int(v):
+                raise Reject("bad_int", f"column {self.columns[self.str_cols[i]]!r}: {v!r} is not an integer "
+                             f"(dtype: int)")
+        raw = [fields[c].strip() for c in self.float_cols]
+        label = raw[self.label_pos]
+        if label in missing:
+            raise Reject("missing_label", f"label column {self.columns[self.float_cols[self.label_pos]]!r} is "
+                         f"missing")
+        raw[self.label_pos] = "0"
+        try:
+            floats = [None if v in missing else float(v) for v in raw]
+            ok = math.isfinite(math.fsum(x for x in floats if x is not None))
+        except (ValueError, OverflowError):
+            ok = False
+        if not ok:
+            self._number_error(raw)
+        floats[self.label_pos] = self._label(label, self.columns[self.float_cols[self.label_pos]])
+        seqs = []
+        for col, delim, max_len, is_int in self.seqs:
+            v = fields[col]
+            tokens = [t for t in (t.strip() for t in v.split(delim)) if t and t not in missing] if v else []
+            if is_int:
+                bad = next((t for t in tokens if not _is_int(t)), None)
+                if bad is not None:
+                    raise Reject("bad_int", f"column {self.columns[col]!r}: token {bad!r} is not an integer "
+                                 f"(dtype: int)")
+            seqs.append(tuple(tokens[-max_len:]))
+        ts = None
+        if self.ts_col is not None:
+            v = fields[self.ts_col].strip()
+            if v in missing:
+                if self.needs_ts:
+                    raise Reject("missing_timestamp", f"column {self.columns[self.ts_col]!r} is missing but the "
+                                 f"split is time-based")
+            else:
+                ts = self._timestamp(v, self.columns[self.ts_col])
+            return self.split_token(group, text, ts), (*strs, *floats, *seqs, ts)
+        return self.split_token(group, text, ts), (*strs, *floats, *seqs)
+
+    def _number_error(self, raw: Sequence[str]) -> None:
+        for col, v in zip(self.float_cols, raw):
+            if v in self.missing:
+                continue
+            try:
+                x = float(v)
+            except ValueError:
+                x = math.nan
+            if not math.isfinite(x):
+                raise Reject("bad_number", f"column {self.columns[col]!r}: {v!r} is not a finite number")
+
+    def _label(self, v: str, col: str) -> float:
+        try:
+            x = float(v)
+        except ValueError:
+            raise Reject("bad_label", f"label column {col!r}: {v!r} is not a number") from None
+        if not math.isfinite(x):
+            raise Reject("bad_label", f"label column {col!r}: {v!r} is not finite")
+        t = self.label.threshold
+        if t is None:
+            if x not in (0.0, 1.0):
+                raise Reject("bad_label", f"label column {col!r}: {v!r} is not 0/1 (declare label.threshold "
+                             f"to binarise a rating)")
+            return x
+        return 1.0 if (x >= t if self.label.op == ">=" else x > t) else 0.0
+
+    @staticmethod
+    def _timestamp(v: str, col: str) -> int:
+        if _is_int(v):
+            return int(v)
+        try:
+            x = float(v)
+        except ValueError:
+            x = math.nan
+        if not x.is_integer():
+            raise Reject("bad_timestamp", f"column {col!r}: {v!r} is not an integer timestamp")
+        return int(x)
+
+
+class _Rejecting(beam.DoFn):
+    """Shared dead-letter plumbing: a Metrics counter per reason and the rejected side output."""
+
+    def setup(self):
+        self._counters = {}
+
+    def reject(self, file: str, text: str, r: Reject):
+        c = self._counters.get(r.reason)
+        if c is None:
+            c = self._counters[r.reason] = beam.metrics.Metrics.counter("preprocess", f"rejected_{r.reason}")
+        c.inc()
+        return beam.pvalue.TaggedOutput(REJECTED, rejection(file, text, r.reason, r.detail))
+
+
+class _CountingRows(_Rejecting):
+    """Counts the lines it reads per bundle (emitted on the "counts" output as ("rows_in", n))."""
+
+    COUNTS = "counts"
+
+    def start_bundle(self):
+        self._rows_in = 0
+
+    def finish_bundle(self):
+        if self._rows_in:
+            beam.metrics.Metrics.counter("preprocess", "rows_in").inc(self._rows_in)
+            yield beam.pvalue.TaggedOutput(self.COUNTS, global_value(("rows_in", self._rows_in)))
+        self._rows_in = 0
+
+
+class ParseLines(_CountingRows):
+    """(file, raw bytes) -> (file, text, fields); undecodable / empty / wrong-width lines are rejected."""
+
+    def __init__(self, spec: FeatureSpec):
+        self._parser = LineParser(spec)
+
+    def process(self, element):
+        self._rows_in += 1
+        file, raw = element
+        try:
+            text, fields = self._parser.parse(raw)
+        except Reject as r:
+            yield self.reject(file, raw.decode(self._parser.encoding, errors="replace"), r)
+            return
+        yield file, text, fields
+
+
+class ValidateRows(_Rejecting):
+    """(file, text, joined fields) -> (split token, record); type errors are rejected with their reason."""
+
+    def __init__(self, spec: FeatureSpec, layout: Sequence[FieldPlan], max_field_chars: int):
+        self._args = (spec, tuple(layout), max_field_chars)
+        self._conv: RowConverter | None = None
+
+    def setup(self):
+        super().setup()
+        self._conv = RowConverter(*self._args)
+
+    def process(self, element):
+        file, text, fields = element
+        try:
+            yield self._conv.convert(fields, text)
+        except Reject as r:
+            yield self.reject(file, text, r)
+
+
+class ParseAndValidateLines(_CountingRows):
+    """ParseLines + ValidateRows in one step, for specs without side tables (one DoFn call per row)."""
+
+    def __init__(self, spec: FeatureSpec, layout: Sequence[FieldPlan], max_field_chars: int):
+        self._parser = LineParser(spec)
+        self._args = (spec, tuple(layout), max_field_chars)
+
+    def setup(self):
+        super().setup()
+        self._conv = RowConverter(*self._args)
+
+    def process(self, element):
+        self._rows_in += 1
+        file, raw = element
+        try:
+            text, fields = self._parser.parse(raw)
+        except Reject as r:
+            yield self.reject(file, raw.decode(self._parser.encoding, errors="replace"), r)
+            return
+        try:
+            yield self._conv.convert(fields, text)
+        except Reject as r:
+            yield self.reject(file, text, r)
