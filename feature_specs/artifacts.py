@@ -3,7 +3,8 @@
 Layout of a preprocessing output folder DIR:
     DIR/train-SSSSS-of-NNNNN.tfrecord.gz, DIR/eval-...   GZIP TFRecords of tf.train.Example (derive.record_fields)
     DIR/vocab/<feature>.txt                              one `token<TAB>count` line per token, most frequent first
-    DIR/stats.json                                       numeric statistics, vocabulary sizes, label rate
+    DIR/stats.json                                       numeric statistics (of feature_specs.numeric.pre_transform
+                                                         of each value), vocabulary sizes, label rate
     DIR/spec.yaml                                        a verbatim copy of the spec the job ran with
     DIR/manifest.json                                    inputs, counts, spec hash, code version, options, times
     DIR/rejected/rejected-*.jsonl                        dead-lettered raw lines with their reason

@@ -17,6 +17,8 @@ from operator import itemgetter
 import apache_beam as beam
 import numpy as np
 
+from feature_specs.numeric import pre_transform
+
 from feature_specs.schema import FeatureSpec
 from pipeline.counting import global_value
 from pipeline.layout import FieldPlan
@@ -88,12 +90,14 @@ class SummarizeBundle(beam.DoFn):
     def __init__(self, layout: Sequence[FieldPlan]):
         self._vocab = []      # (record index, owner, is_sequence)
         self._numeric = []    # (record index, name, bucketize tag or None)
+        self._features = {}   # numeric name -> Feature (stats describe numeric.pre_transform of the value)
         for i, fp in enumerate(layout):
             f = fp.feature
             if fp.role == "label":
                 self._numeric.append((i, LABEL_KEY, None))
             elif f is not None and f.kind == "numeric":
                 self._numeric.append((i, f.name, f"q:{f.name}" if f.transform == "bucketize" else None))
+                self._features[f.name] = f
             elif f is not None and not f.is_hashed:
                 self._vocab.append((i, f.vocab_owner, f.kind == "sequence"))
 
@@ -116,6 +120,8 @@ class SummarizeBundle(beam.DoFn):
             self._counts[owner].update(chain.from_iterable(column) if is_seq else column)
         for i, name, qtag in self._numeric:
             values = [x for x in map(itemgetter(i), batch) if x is not None]
+            if name in self._features and values:
+                values = pre_transform(self._features[name], values).tolist()
             self._moments[name] = merge_moments(self._moments[name], moments_of(values, len(batch) - len(values)))
             if qtag is not None and values:
                 yield beam.pvalue.TaggedOutput(qtag, values)

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from conftest import shared_data
 from feature_specs import load_spec
+from feature_specs.numeric import pre_transform
 from feature_specs.artifacts import list_shards, read_manifest, read_stats, read_vocab
 from feature_specs.derive import parse_spec
 from pipeline.preprocess import PreprocessError, preprocess, run
@@ -83,7 +84,8 @@ def test_vocab_and_stats_equal_pandas_on_train_rows(job, sim_input):
     assert stats.train_rows == len(train) == read_manifest(job)["rows"]["written"]["train"]
     assert stats.label_rate == pytest.approx(train["clk"].astype(float).mean(), rel=1e-12)
     for f in spec.by_kind("numeric"):
-        col = pd.to_numeric(train[f.source].replace("NULL", ""), errors="coerce")
+        raw = pd.to_numeric(train[f.source].replace("NULL", ""), errors="coerce")
+        col = pd.Series(pre_transform(f, raw), index=raw.index)  # stats describe the model's transform input
         s = stats.numeric[f.name]
         assert (s.count, s.missing) == (col.notna().sum(), col.isna().sum())
         assert s.mean == pytest.approx(col.mean(), rel=1e-9) and s.std == pytest.approx(col.std(ddof=0), rel=1e-9)

@@ -160,3 +160,20 @@ def test_sequences_keep_the_most_recent_items(synthetic_spec):
     t = tf.constant([[str(i) for i in range(f.max_length + 5)]])
     out = derive.truncate_sequence(t, f).numpy()[0]
     assert len(out) == f.max_length and out[-1] == str(f.max_length + 4).encode()
+
+
+def test_numeric_pre_transform_matches_the_model_input_layer():
+    """stats.json (Beam, numpy) and the model (TensorFlow) must transform numerics identically."""
+    import numpy as np
+
+    from feature_specs.artifacts import NumericStats
+    from feature_specs.numeric import pre_transform
+    from models.inputs import NumericEncoder
+
+    spec = spec_from_dict(bad(["features", 2], {"name": "price", "kind": "numeric", "side": "item",
+                                                "transform": "log1p_standardize", "clip_max": 50.0}), "t.yaml")
+    f = spec.feature("price")
+    x = np.array([-3.0, 0.0, 0.5, 10.0, 1e6], dtype=np.float32)
+    identity = NumericStats(count=5, missing=0, mean=0.0, std=1.0, min=0.0, max=1.0)
+    model_side = NumericEncoder(f, identity).encode(tf.constant(x)).scale.numpy()
+    np.testing.assert_allclose(pre_transform(f, x), model_side, rtol=1e-5, atol=1e-6)
