@@ -165,9 +165,18 @@ class Embedder(tf.keras.layers.Layer):
     def parts_variables(self, part: str) -> list[tf.Variable]:
         return [b.table for b in self.banks.values() if b.part == part]
 
-    def fields(self, encoded: dict[str, Encoded], towers: tuple[str, ...] | None = None) -> dict[str, Fields]:
-        """Per tower, its fields; a table read by several towers is looked up once."""
+    def fields(self, encoded: dict[str, Encoded], towers: tuple[str, ...] | None = None,
+               once: frozenset[str] | set[str] = frozenset(), n: tf.Tensor | None = None) -> dict[str, Fields]:
+        """Per tower, its fields; a table read by several towers is looked up once.
+
+        `once` names features encoded at batch 1 (one user's side of score_candidates): they are looked up and
+        pooled at batch 1 and only the embedded vectors are broadcast to the `n` rows of the other features,
+        so a request pays the user side once instead of once per candidate. The values equal those of the
+        features repeated n times before encoding.
+        """
         towers = tuple(towers or self.towers)
+        if once and n is None:
+            raise ValueError("fields(once=...) needs n, the batch size to broadcast the batch-1 features to")
         needed: dict[str, list[str]] = {}  # bank -> feature names (spec order), non-sequence then sequence
         for f in self.spec.features:
             for t in towers:
@@ -179,21 +188,22 @@ class Embedder(tf.keras.layers.Layer):
         seqs: dict[tuple[str, str], SequenceEmbedding] = {}
         for bank_key, names in needed.items():
             bank = self.banks[bank_key]
-            flat = [n for n in names if self.spec.feature(n).kind != "sequence"]
-            blocks = []
-            if flat:
-                blocks.append(self._lookup_flat(bank, flat, encoded, towers))
-            pooled = []
-            for n in (n for n in names if self.spec.feature(n).kind == "sequence"):
-                f = self.spec.feature(n)
-                offset = self._offset(bank_key, n, towers)
-                e = bank.lookup(encoded[n].ids + offset)
-                seqs[(bank_key, n)] = SequenceEmbedding(e, encoded[n].mask, bank.part)
-                pooled.append(pool(e, encoded[n].mask, f.pooling))
-            if pooled:
-                blocks.append(tf.stack(pooled, axis=1))
-            order = tuple(flat) + tuple(n for n in names if n not in flat)
-            looked[bank_key] = (order, blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1))
+            flat = [m for m in names if self.spec.feature(m).kind != "sequence"]
+            pieces: list[tuple[tuple[str, ...], bool, tf.Tensor]] = []  # (names, batch 1?, values [B, k, d])
+            for group, single in _split(flat, once):
+                pieces.append((group, single, self._lookup_flat(bank, list(group), encoded, towers)))
+            for group, single in _split([m for m in names if m not in flat], once):
+                pooled = []
+                for m in group:
+                    e = bank.lookup(encoded[m].ids + self._offset(bank_key, m, towers))
+                    mask = encoded[m].mask
+                    pooled.append(pool(e, mask, self.spec.feature(m).pooling))
+                    if single:  # per-row attention (din) needs the rows; broadcasting embedded values is cheap
+                        e, mask = _broadcast(e, n), _broadcast(mask, n)
+                    seqs[(bank_key, m)] = SequenceEmbedding(e, mask, bank.part)
+                pieces.append((group, single, tf.stack(pooled, axis=1)))
+            order = tuple(flat) + tuple(m for m in names if m not in flat)
+            looked[bank_key] = (order, _assemble(pieces, order, n))
         return {t: self._tower_fields(t, looked, seqs) for t in towers}
 
     def _offset(self, bank_key: str, name: str, towers: tuple[str, ...]) -> int:
@@ -204,7 +214,10 @@ class Embedder(tf.keras.layers.Layer):
     def _lookup_flat(self, bank: EmbeddingBank, names: list[str], encoded: dict[str, Encoded],
                      towers: tuple[str, ...]) -> tf.Tensor:
         bank_key = f"{bank.part}_d{bank.dim}"
-        ids = tf.stack([encoded[n].ids + self._offset(bank_key, n, towers) for n in names], axis=1)
+        offsets = [self._offset(bank_key, n, towers) for n in names]
+        ids = tf.stack([encoded[n].ids for n in names], axis=1)
+        if any(offsets):  # one add for the block instead of one per feature
+            ids = ids + tf.constant(offsets, tf.int64)
         values = bank.lookup(ids)
         scales = [encoded[n].scale for n in names]
         if any(s is not None for s in scales):
@@ -224,3 +237,44 @@ class Embedder(tf.keras.layers.Layer):
             blocks.append(Block(mine, self.banks[bank_key].part, values))
             sequences.update({n: s for (b, n), s in seqs.items() if b == bank_key and n in mine})
         return Fields(tuple(blocks), sequences)
+
+
+def _split(names: list[str], once: frozenset[str] | set[str]) -> list[tuple[tuple[str, ...], bool]]:
+    """The non-empty groups of `names` (order kept): batch-1 features first, then the per-row ones."""
+    groups = [(tuple(m for m in names if m in once), True), (tuple(m for m in names if m not in once), False)]
+    return [g for g in groups if g[0]]
+
+
+def _broadcast(t: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
+    """A batch-1 tensor [1, ...] repeated to n rows (sequence embeddings and masks for per-row attention)."""
+    return tf.broadcast_to(t, tf.concat([tf.reshape(n, [1]), tf.shape(t)[1:]], axis=0))
+
+
+def _assemble(pieces: list[tuple[tuple[str, ...], bool, tf.Tensor]], order: tuple[str, ...],
+              n: tf.Tensor | None) -> tf.Tensor:
+    """Blocks [B, k, d] -> one [N, k, d] block with the fields in `order`.
+
+    Batch-1 blocks are not broadcast, concatenated and then permuted (three copies of an [N, k, d] tensor):
+    every output row is gathered in ONE pass (axis 0, whole rows) from the batch-1 vectors and the per-row
+    vectors stacked as rows of one matrix.
+    """
+    got = tuple(m for names, _, _ in pieces for m in names)
+    if not any(single for _, single, _ in pieces):
+        out = pieces[0][2] if len(pieces) == 1 else tf.concat([v for _, _, v in pieces], axis=1)
+        return out if got == order else tf.gather(out, [got.index(m) for m in order], axis=1)
+    once = [(names, v) for names, single, v in pieces if single]
+    rows = [(names, v) for names, single, v in pieces if not single]
+    once_names = tuple(m for names, _ in once for m in names)
+    row_names = tuple(m for names, _ in rows for m in names)
+    dim = pieces[0][2].shape[-1]
+    source = [tf.reshape(v, [-1, dim]) for _, v in once]  # rows 0..k1-1: the batch-1 vectors
+    if not row_names:  # a tower reading no per-row feature in this table: just broadcast
+        out = tf.concat(source, axis=0)[None] if len(source) > 1 else source[0][None]
+        out = tf.broadcast_to(out, tf.stack([n, len(once_names), dim]))
+        return out if once_names == order else tf.gather(out, [once_names.index(m) for m in order], axis=1)
+    source += [tf.reshape(v, [-1, dim]) for _, v in rows]  # then row r's j-th vector at k1 + r * k2 + j
+    base = [once_names.index(m) if m in once_names else len(once_names) + row_names.index(m) for m in order]
+    stride = [0 if m in once_names else len(row_names) for m in order]
+    r = tf.range(tf.cast(n, tf.int64), dtype=tf.int64)[:, None]
+    idx = tf.constant(base, tf.int64) + r * tf.constant(stride, tf.int64)
+    return tf.gather(tf.concat(source, axis=0), idx)

@@ -39,6 +39,23 @@ class TowerPath(tf.Module):
         enc = self.inputs.encode(features)
         return self.tower(self.embedder.fields(enc, (self.tower_name,))[self.tower_name], training=training)
 
+    @NO_AUTOGRAPH
+    def candidate_logits(self, user: dict[str, tf.Tensor], items: dict[str, tf.Tensor]) -> tf.Tensor:
+        """Logits [N] of one user (batch-1 user/context inputs) against N candidates (item inputs).
+
+        The user side is encoded, looked up and pooled once and broadcast as embedded vectors, which equals
+        `logits` on the user's raw inputs repeated N times (what score_candidates promises) at the cost of
+        one row instead of N.
+        """
+        once = tuple(n for n in self.inputs.names if n in user)
+        per_row = tuple(n for n in self.inputs.names if n not in user)
+        enc = self.inputs.encode(user, once) if once else {}  # (an empty `names` would mean all of them)
+        if per_row:  # a tower may read no item feature at all; it still scores N rows
+            enc.update(self.inputs.encode(items, per_row))
+        n = tf.shape(next(iter(items.values())))[0]
+        fields = self.embedder.fields(enc, (self.tower_name,), once=frozenset(once), n=n)
+        return self.tower(fields[self.tower_name], training=False)
+
     @property
     def parts(self) -> list[tf.Module]:
         return [self.inputs, self.embedder, self.tower]

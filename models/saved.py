@@ -32,11 +32,6 @@ def _outputs(logit: tf.Tensor) -> dict[str, tf.Tensor]:
     return {"ctr": tf.sigmoid(logit), "logit": logit}
 
 
-def _broadcast(t: tf.Tensor, n: tf.Tensor) -> tf.Tensor:
-    """Repeat a batch-1 tensor ([1] or [1, L]) to batch n."""
-    return tf.repeat(t, n, axis=0)
-
-
 class _Untracked:
     """A box the SavedModel object graph does not follow."""
 
@@ -78,13 +73,10 @@ class TowerModule(tf.Module):
         item_specs = derive.serving_input_specs(spec, sides=ITEM_SIDES)
         self.has_candidates = bool(item_specs)
         if self.has_candidates:
-            first_item = next(iter(item_specs))
-
             @tf.function(autograph=False, input_signature=[user_specs, item_specs])
             def score_candidates(user, items):
-                n = tf.shape(items[first_item])[0]
-                features = {**{k: _broadcast(v, n) for k, v in user.items()}, **items}
-                return _outputs(self.logit(features))
+                # the user side is embedded once and broadcast as vectors (TowerPath.candidate_logits)
+                return _outputs(self._path.value.candidate_logits(user, items))
 
             self.score_candidates = score_candidates
 

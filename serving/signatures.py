@@ -22,6 +22,12 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from serving.tensors import TensorError, dtype_name, to_numpy
 
+try:  # what tf.constant(array) ends in; calling it directly skips ~3 us of dispatch per input (~40 per request)
+    from tensorflow.python.eager import context as _eager_context
+    from tensorflow.python.framework.ops import EagerTensor as _EagerTensor
+except ImportError:  # pragma: no cover - a TF without it: the public path
+    _EagerTensor = None
+
 INTERNAL_SIGNATURES = ("__saved_model_init_op",)
 METADATA_FILE = "rocketctr.json"
 ASSETS_EXTRA = "assets.extra"
@@ -98,8 +104,7 @@ class SignatureRunner:
         wanted = self._wanted(output_filter)
         try:
             if self._flat:
-                out = self._fn._call_flat([tf.constant(inputs[k]) for k in self._order],
-                                          self._fn.captured_inputs)
+                out = self._fn._call_flat(_tensors([inputs[k] for k in self._order]), self._fn.captured_inputs)
             else:
                 out = self._fn(**{k: tf.constant(v) for k, v in inputs.items()})
         except tf.errors.InvalidArgumentError as e:
@@ -119,6 +124,15 @@ class SignatureRunner:
             raise invalid(f"signature {self.name!r}: output_filter names unknown output(s) {unknown}; "
                           f"outputs are {list(self.outputs)}")
         return tuple(dict.fromkeys(output_filter))
+
+
+def _tensors(arrays: list[np.ndarray]) -> list[tf.Tensor]:
+    """Validated numpy inputs -> eager tensors, exactly as tf.constant(array) makes them."""
+    if _EagerTensor is None:
+        return [tf.constant(a) for a in arrays]
+    ctx = _eager_context.context()
+    ctx.ensure_initialized()
+    return [_EagerTensor(a, ctx.device_name, None) for a in arrays]
 
 
 def _check_dtype(sig: str, spec: InputSpec, a: np.ndarray) -> None:
