@@ -1,0 +1,153 @@
+"""From raw per-(variant, seed) results to the paper's comparison: the booster-minus-light gap first, then per
+variant the light net's metrics, paired differences to light-alone, the share of the gap recovered, and cost.
+
+Definitions (all recomputable by hand from the JSON's `runs`):
+- mean +- std: over seeds, sample std (ddof=1), pipeline.compare.mean_std;
+- paired difference a - b: over the seeds both have, with t = mean / (std / sqrt(n)) (pipeline.compare.paired_diff);
+- gap: booster-alone's booster minus light-alone's light net, paired by seed;
+- gap recovered: mean paired (light_variant - light_alone) / mean paired gap (a ratio of means: per-seed
+  ratios explode when one seed's gap is near zero);
+- cost: the run's train_seconds (the training loop, from RUN_DIR/metrics.json); two-stage KD adds the
+  train_seconds of its teacher (the booster-alone run of the same seed): the full two-stage cost;
+  time ratio = mean cost / mean light-alone train_seconds.
+"""
+
+from __future__ import annotations
+
+from pipeline.compare import PairedDiff, mean_std, paired_diff
+from rocketctr.quality.variants import BASELINE, KD_TEACHER, REFERENCE, VARIANTS
+
+METRICS = ("auc", "gauc", "logloss")
+
+
+def _by_seed(runs: list[dict], variant: str, tower: str, key: str) -> dict[int, float | None]:
+    return {r["seed"]: (r["metrics"].get(tower) or {}).get(key) for r in runs if r["variant"] == variant}
+
+
+def _values(d: dict) -> list[float]:
+    return [v for v in d.values() if v is not None]
+
+
+def _diff_json(d: PairedDiff) -> dict:
+    return {"n": d.n, "mean": d.mean, "std": d.std, "t": d.t}
+
+
+def cost_by_seed(runs: list[dict], variant: str) -> dict[int, float]:
+    """Training seconds per seed; kd adds its teacher's (same-seed booster-alone) training seconds."""
+    own = {r["seed"]: r["train_seconds"] for r in runs if r["variant"] == variant}
+    if VARIANTS[variant].needs_teacher:
+        teacher = {r["seed"]: r["train_seconds"] for r in runs if r["variant"] == KD_TEACHER}
+        return {s: t + teacher[s] for s, t in own.items() if s in teacher}
+    return own
+
+
+def served_tower(variant: str) -> str:
+    """The tower a variant is judged by: the light net, except booster-alone which has none."""
+    return "booster" if VARIANTS[variant].mode == "booster" else "light"
+
+
+def booster_by_seed(runs: list[dict], variant: str, key: str) -> dict[int, float | None]:
+    """The variant's own booster metric; for kd its teacher's (it has no booster of its own)."""
+    source = KD_TEACHER if VARIANTS[variant].needs_teacher else variant
+    return _by_seed(runs, source, "booster", key)
+
+
+def summarize(runs: list[dict]) -> dict:
+    """{"gap": {metric: ...}, "variants": [row...]} from the raw runs (each: variant, seed, metrics{tower:{}},
+    train_seconds)."""
+    gap = {}
+    for m in METRICS:
+        light, booster = _by_seed(runs, BASELINE, "light", m), _by_seed(runs, REFERENCE, "booster", m)
+        lm, ls = mean_std(_values(light))
+        bm, bs = mean_std(_values(booster))
+        gap[m] = {"light_alone": {"mean": lm, "std": ls}, "booster_alone": {"mean": bm, "std": bs},
+                  "gap": _diff_json(paired_diff(booster, light))}
+    base_cost = mean_std(list(cost_by_seed(runs, BASELINE).values()))[0]
+    rows = []
+    for name in [v for v in VARIANTS if any(r["variant"] == v for r in runs)]:
+        tower = served_tower(name)
+        row: dict = {"variant": name, "what": VARIANTS[name].what, "tower": tower,
+                     "seeds": sorted(r["seed"] for r in runs if r["variant"] == name), "metrics": {}}
+        for m in METRICS:
+            vals = _by_seed(runs, name, tower, m)
+            mean, std = mean_std(_values(vals))
+            d = paired_diff(vals, _by_seed(runs, BASELINE, "light", m))
+            g = gap[m]["gap"]["mean"]
+            recovered = d.mean / g if d.mean is not None and g not in (None, 0.0) else None
+            row["metrics"][m] = {"mean": mean, "std": std, "diff_vs_light_alone": _diff_json(d),
+                                 "gap_recovered": recovered}
+        bauc = _values(booster_by_seed(runs, name, "auc"))
+        row["booster_auc"] = dict(zip(("mean", "std"), mean_std(bauc)))
+        cost = list(cost_by_seed(runs, name).values())
+        row["train_seconds"] = dict(zip(("mean", "std"), mean_std(cost)))
+        row["time_ratio"] = (row["train_seconds"]["mean"] / base_cost
+                             if row["train_seconds"]["mean"] is not None and base_cost else None)
+        rows.append(row)
+    return {"gap": gap, "variants": rows}
+
+
+# ------------------------------------------------------------------------------------------------ markdown
+def _f(x: float | None, fmt: str = ".4f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _pm(d: dict, fmt: str = ".4f") -> str:
+    if d.get("mean") is None:
+        return "-"
+    return _f(d["mean"], fmt) + (f" +- {_f(d['std'], fmt)}" if d.get("std") is not None else "")
+
+
+def _diff(d: dict) -> str:
+    if d.get("mean") is None:
+        return "-"
+    return f"{d['mean']:+.4f}" + (f" (t={d['t']:.2f})" if d.get("t") is not None else f" (n={d['n']})")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def gap_verdict(gap: dict) -> str:
+    g = gap["auc"]["gap"]
+    if g["mean"] is None:
+        return "No gap could be measured (light-alone or booster-alone results are missing)."
+    if g["mean"] <= 0:
+        return (f"The booster does NOT beat the light net (AUC gap {g['mean']:+.4f}): there is nothing to "
+                f"transfer, so no variant below can show Rocket Launching working on this data/regime.")
+    if g["t"] is None or g["t"] < 2.0:
+        return (f"AUC gap {g['mean']:+.4f} with t={_f(g['t'], '.2f')} (< 2): too small or noisy to tell transfer "
+                f"from noise; read the gap-recovered column with care (more seeds or data would help).")
+    return f"AUC gap {g['mean']:+.4f} (t={g['t']:.2f}): the booster is clearly better; transfer can be measured."
+
+
+def markdown(summary: dict, header: list[str]) -> str:
+    lines = ["# Rocket Launching quality bench", "", *header, "",
+             "## 1. Booster-minus-light gap (booster-alone vs light-alone, paired by seed)", "",
+             "| metric | light-alone | booster-alone | gap (booster - light) | t | n |", "|---|---|---|---|---|---|"]
+    for m, g in summary["gap"].items():
+        d = g["gap"]
+        lines.append(f"| {m} | {_pm(g['light_alone'])} | {_pm(g['booster_alone'])} | "
+                     f"{'-' if d['mean'] is None else format(d['mean'], '+.4f')} | {_f(d['t'], '.2f')} | {d['n']} |")
+    lines += ["", gap_verdict(summary["gap"]), "(logloss: lower is better, so a negative gap means the booster is "
+              "better.)", "", "## 2. The served (light) net per variant", "",
+              "| variant | seeds | AUC | GAUC | logloss | dAUC vs light-alone | dGAUC | dlogloss | gap recovered "
+              "(AUC) | gap recovered (GAUC) | booster AUC | train s | time x light-alone |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["variants"]:
+        m = r["metrics"]
+        name = r["variant"] + (" (booster net)" if r["tower"] == "booster" else "")
+        base = r["variant"] == BASELINE
+        diffs = ["(baseline)"] * 3 if base else [_diff(m[k]["diff_vs_light_alone"]) for k in METRICS]
+        recovered = ["-", "-"] if base else [_pct(m["auc"]["gap_recovered"]), _pct(m["gauc"]["gap_recovered"])]
+        lines.append(" | ".join([
+            f"| {name}", ",".join(map(str, r["seeds"])), *[_pm(m[k]) for k in METRICS], *diffs, *recovered,
+            _pm(r["booster_auc"]),
+            _pm(r["train_seconds"], ".1f"), _f(r["time_ratio"], ".2f")]) + " |")
+    lines += ["", "Variants:", *[f"- {r['variant']}: {r['what']}" for r in summary["variants"]], "",
+              "Definitions: mean +- sample std over seeds; d = paired difference to light-alone by seed with "
+              "t = mean / (std / sqrt(n)); gap recovered = mean d / mean gap (section 1); booster AUC = the "
+              "variant's own co-trained booster (kd: its teacher); train s = the training loop's seconds "
+              "(kd: teacher + student, the full two-stage cost). All metrics are on the eval split, scored once "
+              "after training; nothing is selected on it (early stopping, if configured, uses the validation "
+              "slice of the train split)."]
+    return "\n".join(lines) + "\n"

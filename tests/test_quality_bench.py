@@ -1,0 +1,214 @@
+"""`rocketctr bench quality`: the report's numbers follow from the raw ones, and the in-process metric path
+equals the Beam eval job.
+
+Fast tier: the direct path against the Beam job on SavedModels with known scores (weights, ties, single-class
+users, rejected records), the summary against a hand computation on given raw numbers, variant configs.
+Slow tier (6 tiny training runs, ~1-2 min on 2 shared cores): one real bench (fixture data, 2 seeds,
+light-alone + booster-alone + rocket, 4 steps); its figures are recomputed by hand from its JSON and one of its
+trained runs is re-scored with Beam.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from rocketctr import quality_bench
+from rocketctr.quality import scoring
+from rocketctr.quality.summary import markdown, summarize
+from rocketctr.quality.variants import resolve_variants, variant_config
+from tests import eval_fixtures as fx
+from tests.train_helpers import CONFIG, fixture_data
+
+FAST = ["--set", "train.max_steps=4", "--set", "train.batch_size=64", "--set", "train.validation_fraction=0.1",
+        "--set", "model.light.hidden=[8]", "--set", "model.booster.hidden=[16]",
+        "--set", "train.checkpoint_every_steps=0"]
+
+
+def _bench_args(data: Path, out: Path, root: Path) -> list[str]:
+    return ["--data", str(data), "--seeds", "2", "--variants", "rocket", "--out", str(out),
+            "--workdir", str(root / "work"), *FAST]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quality")
+    data = fixture_data(root / "data", rows=800)
+    out = root / "report" / "q.md"
+    assert quality_bench.main(_bench_args(data, out, root)) == 0
+    return data, out, json.loads(out.with_suffix(".json").read_text())
+
+
+def _mean(xs):
+    return sum(xs) / len(xs)
+
+
+def _paired(a: dict, b: dict) -> tuple[float, float]:
+    """Hand computation: mean paired difference and its t (sample std)."""
+    d = [a[s] - b[s] for s in sorted(a)]
+    m = _mean(d)
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1))
+    return m, m / (sd / math.sqrt(len(d)))
+
+
+@pytest.mark.slow
+def test_report_and_json_have_every_variant_seed_and_column(bench):
+    _data, out, doc = bench
+    assert doc["variants"] == ["light_alone", "booster_alone", "rocket"]
+    assert sorted((r["variant"], r["seed"]) for r in doc["runs"]) == sorted(
+        (v, s) for v in doc["variants"] for s in (0, 1))
+    for r in doc["runs"]:
+        towers = {"light_alone": {"light"}, "booster_alone": {"booster"}, "rocket": {"light", "booster"}}
+        assert set(r["metrics"]) == towers[r["variant"]]
+        for m in r["metrics"].values():
+            assert 0.0 < m["auc"] < 1.0 and 0.0 < m["gauc"] < 1.0 and m["logloss"] > 0
+            assert m["impressions"] == doc["eval_rows"] > 0
+        assert r["train_seconds"] > 0 and r["steps"] == 4
+    md = out.read_text()
+    gap_at, table_at = md.index("Booster-minus-light gap"), md.index("| variant | seeds | AUC | GAUC | logloss |")
+    assert gap_at < table_at  # the gap comes first
+    for col in ("dAUC vs light-alone", "dGAUC", "dlogloss", "gap recovered (AUC)", "gap recovered (GAUC)",
+                "booster AUC", "train s", "time x light-alone"):
+        assert col in md
+    assert md.count("\n| rocket |") == 1 and "| light_alone |" in md and "| booster_alone (booster net) |" in md
+
+
+@pytest.mark.slow
+def test_gap_paired_t_and_gap_fraction_match_a_hand_computation(bench):
+    _data, _out, doc = bench
+    runs = {(r["variant"], r["seed"]): r for r in doc["runs"]}
+    summary = {row["variant"]: row for row in doc["summary"]["variants"]}
+    for metric in ("auc", "gauc", "logloss"):
+        light = {s: runs["light_alone", s]["metrics"]["light"][metric] for s in (0, 1)}
+        boost = {s: runs["booster_alone", s]["metrics"]["booster"][metric] for s in (0, 1)}
+        rocket = {s: runs["rocket", s]["metrics"]["light"][metric] for s in (0, 1)}
+        gap, gap_t = _paired(boost, light)
+        got = doc["summary"]["gap"][metric]["gap"]
+        assert got["mean"] == pytest.approx(gap, abs=1e-12) and got["t"] == pytest.approx(gap_t, rel=1e-9)
+        d, t = _paired(rocket, light)
+        row = summary["rocket"]["metrics"][metric]
+        assert row["diff_vs_light_alone"]["mean"] == pytest.approx(d, abs=1e-12)
+        assert row["diff_vs_light_alone"]["t"] == pytest.approx(t, rel=1e-9)
+        assert row["gap_recovered"] == pytest.approx(d / gap, rel=1e-9)
+        assert row["mean"] == pytest.approx(_mean(list(rocket.values())), abs=1e-12)
+    cost = {v: _mean([runs[v, s]["train_seconds"] for s in (0, 1)]) for v in ("light_alone", "rocket")}
+    assert summary["rocket"]["time_ratio"] == pytest.approx(cost["rocket"] / cost["light_alone"], rel=1e-9)
+    booster_auc = _mean([runs["rocket", s]["metrics"]["booster"]["auc"] for s in (0, 1)])
+    assert summary["rocket"]["booster_auc"]["mean"] == pytest.approx(booster_auc, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_direct_metrics_equal_the_beam_eval_job_on_a_trained_run(bench, tmp_path):
+    data, _out, doc = bench
+    run = Path(next(r["run_dir"] for r in doc["runs"] if r["variant"] == "rocket"))
+    # one example per model call on both sides: identical model outputs, so any difference is the metric code
+    direct = scoring.score_run_direct(run, scoring.load_eval_set(data), batch_size=1)
+    beam = scoring.score_run_beam(run, data, tmp_path / "eval", batch_size=1, beam_args=["--runner=FnApiRunner"])
+    assert set(direct) == set(beam) == {"light", "booster"}
+    for tower in direct:
+        for key in ("auc", "gauc", "logloss", "impressions", "clicks", "users_used", "users_total",
+                    "ctr_predicted", "calibration"):
+            assert direct[tower][key] == pytest.approx(beam[tower][key], rel=1e-12, abs=1e-12), (tower, key)
+    # and the bench's own (batched) scores of that run are the same model's metrics up to float32 batch rounding
+    bench_scores = next(r for r in doc["runs"] if r["variant"] == "rocket" and r["run_dir"] == str(run))["metrics"]
+    assert scoring.max_difference(bench_scores, beam) < 1e-6
+
+
+def test_direct_metrics_equal_the_beam_eval_job(tmp_path):
+    """Weighted rows, tied scores, single-class users, a row without a user and a bad label: every metric of
+    both towers of a run dir is the same number on both paths. One example per model call on both sides:
+    TF's float32 kernels (even sigmoid) may round a row 1 ulp differently inside a different batch, and
+    RunInference batches dynamically, so equal batches are what makes the model outputs comparable."""
+    no_user = fx.example({"clk": 1.0, "user_id": "", "pid": "p2", "x": 0.3, "w": 1.0}, weighted=True)
+    bad_label = fx.example({"clk": 2.0, "user_id": "u3", "pid": "p1", "x": 0.1, "w": 1.0}, weighted=True)
+    data = fx.write_data(tmp_path / "data", fx.frame(rows=300), weighted=True, extra_records=[no_user, bad_label])
+    run = fx.write_run(tmp_path / "run", "rocket", "rocket", 0, (1.2, -0.9, 0.4), (1.5, -1.0, 0.0))
+    eval_set = scoring.load_eval_set(data)
+    assert len(eval_set) == 301 and sum(eval_set.rejected.values()) == 1
+    direct = scoring.score_run_direct(run, eval_set, batch_size=1)
+    beam = scoring.score_run_beam(run, data, tmp_path / "eval", batch_size=1, beam_args=["--runner=FnApiRunner"])
+    assert set(direct) == set(beam) == {"light", "booster"}
+    for tower in direct:
+        assert direct[tower]["impressions"] == 301 and direct[tower]["impressions_no_group"] == 1
+        assert direct[tower]["users_used"] < direct[tower]["users_total"]  # single-class users excluded
+        for key in ("auc", "gauc", "logloss", "auc_max_bucket_error", "impressions", "weight", "clicks",
+                    "users_used", "users_total", "impressions_used", "weight_used", "ctr_predicted", "calibration"):
+            assert direct[tower][key] == pytest.approx(beam[tower][key], rel=1e-12, abs=1e-12), (tower, key)
+    assert scoring.max_difference(direct, beam) < 1e-12
+    assert direct["light"]["auc"] != direct["booster"]["auc"]  # two different models really were scored
+
+
+def test_summary_and_table_match_a_hand_computation():
+    """Raw numbers in, every derived figure out, checked against the formulas by hand."""
+    raw = {("light_alone", 0): 0.700, ("light_alone", 1): 0.710, ("light_alone", 2): 0.705,
+           ("booster_alone", 0): 0.760, ("booster_alone", 1): 0.775, ("booster_alone", 2): 0.760,
+           ("rocket", 0): 0.730, ("rocket", 1): 0.731, ("rocket", 2): 0.735}
+    secs = {"light_alone": 10.0, "booster_alone": 40.0, "rocket": 15.0}
+    runs = [{"variant": v, "seed": s, "train_seconds": secs[v] + s,
+             "metrics": {t: {"auc": a, "gauc": a - 0.05, "logloss": 1.0 - a}
+                         for t in (["booster"] if v == "booster_alone" else ["light", "booster"] if v == "rocket"
+                                   else ["light"])}}
+            for (v, s), a in raw.items()]
+    summary = summarize(runs)
+    light = {s: raw["light_alone", s] for s in range(3)}
+    gap, gap_t = _paired({s: raw["booster_alone", s] for s in range(3)}, light)  # 0.06, 0.065, 0.055
+    assert gap == pytest.approx(0.06) and summary["gap"]["auc"]["gap"]["t"] == pytest.approx(gap_t)
+    assert summary["gap"]["logloss"]["gap"]["mean"] == pytest.approx(-0.06)
+    rocket = next(r for r in summary["variants"] if r["variant"] == "rocket")
+    d, t = _paired({s: raw["rocket", s] for s in range(3)}, light)  # 0.030, 0.021, 0.030
+    assert rocket["metrics"]["auc"]["diff_vs_light_alone"]["mean"] == pytest.approx(d)
+    assert rocket["metrics"]["auc"]["diff_vs_light_alone"]["t"] == pytest.approx(t)
+    assert rocket["metrics"]["auc"]["gap_recovered"] == pytest.approx(0.027 / 0.06)
+    assert rocket["metrics"]["logloss"]["gap_recovered"] == pytest.approx(0.027 / 0.06)  # both signs flip
+    assert rocket["time_ratio"] == pytest.approx(16.0 / 11.0)
+    assert rocket["booster_auc"]["mean"] == pytest.approx(0.732)
+    md = markdown(summary, ["- header"])
+    row = next(line for line in md.splitlines() if line.startswith("| rocket |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["rocket", "0,1,2", f"0.7320 +- {0.0026458:.4f}"]
+    assert cells[5] == f"+0.0270 (t={t:.2f})" and cells[8] == "45%" and cells[12] == "1.45"
+    assert "AUC gap +0.0600" in md and md.index("gap (booster - light)") < md.index("| rocket |")
+
+
+@pytest.mark.slow
+def test_a_rerun_reuses_finished_runs_and_reports_the_same_numbers(bench, capsys):
+    data, out, doc = bench
+    root = Path(doc["runs"][0]["run_dir"]).parents[3]
+    again = out.with_name("again.md")
+    assert quality_bench.main(_bench_args(data, again, root)) == 0
+    assert capsys.readouterr().out.count("reusing finished run") == 6
+    redo = json.loads(again.with_suffix(".json").read_text())
+    assert redo["summary"] == doc["summary"]
+
+
+def test_kd_variant_gets_the_same_seed_booster_run_as_teacher_and_cost(tmp_path):
+    kd = next(v for v in resolve_variants(["kd_two_stage"]) if v.name == "kd_two_stage")
+    cfg = variant_config(CONFIG, kd, 3, {"train": {"mode": "light", "seed": 9}}, tmp_path / "booster_alone/seed3")
+    assert (cfg.train.mode, cfg.train.seed, cfg.model.loss.hint) == ("kd", 3, "kd")  # the variant wins over --set
+    assert cfg.train.teacher_run == str(tmp_path / "booster_alone/seed3")
+    with pytest.raises(ValueError, match="teacher"):
+        variant_config(CONFIG, kd, 0)
+    runs = [{"variant": v, "seed": s, "train_seconds": t, "metrics": {tw: {"auc": a, "gauc": a, "logloss": 1 - a}
+                                                                        for tw in towers}}
+            for v, s, t, a, towers in [("light_alone", 0, 10.0, 0.70, ["light"]), ("light_alone", 1, 12.0, 0.71,
+                                                                                      ["light"]),
+                                       ("booster_alone", 0, 30.0, 0.80, ["booster"]),
+                                       ("booster_alone", 1, 34.0, 0.79, ["booster"]),
+                                       ("kd_two_stage", 0, 11.0, 0.74, ["light"]),
+                                       ("kd_two_stage", 1, 13.0, 0.73, ["light"])]]
+    row = next(r for r in summarize(runs)["variants"] if r["variant"] == "kd_two_stage")
+    assert row["train_seconds"]["mean"] == pytest.approx((41.0 + 47.0) / 2)
+    assert row["time_ratio"] == pytest.approx(44.0 / 11.0)
+    assert row["booster_auc"]["mean"] == pytest.approx(0.795)  # its teacher's
+    assert row["metrics"]["auc"]["gap_recovered"] == pytest.approx(0.03 / 0.09)
+
+
+def test_bad_variant_and_missing_data_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown nope"):
+        resolve_variants(["rocket", "nope"])
+    assert quality_bench.main(["--data", str(tmp_path / "absent"), "--workdir", str(tmp_path / "w"),
+                               "--out", str(tmp_path / "q.md")]) == 2
+    assert "absent" in capsys.readouterr().err
