@@ -75,8 +75,9 @@ class TrainConfig:
     embedding_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adagrad", 0.05))
     light_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     booster_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    early_stopping_patience: int = 0  # in epochs, on the light net's eval AUC; 0 = off
-    per_tower_early_stopping: bool = False  # freeze a tower whose own eval AUC stopped improving
+    early_stopping_patience: int = 0  # in epochs, on the light net's validation AUC; 0 = off
+    validation_fraction: float = 0.05  # train rows held out (hash of the group key) for early stopping / selection
+    per_tower_early_stopping: bool = False  # freeze the booster once its own validation AUC stops improving
     checkpoint_every_steps: int = 500
     eval_max_steps: int | None = None
     teacher_run: str | None = None  # kd mode: a finished booster (or rocket) run used as a frozen teacher
@@ -103,6 +104,8 @@ class RunConfig:
         if self.train.batch_size < 1 or self.train.epochs < 1:
             raise ConfigError(f"train: batch_size and epochs must be >= 1 ({self.train.batch_size}, "
                               f"{self.train.epochs})")
+        if not 0.0 <= self.train.validation_fraction < 1.0:
+            raise ConfigError(f"train.validation_fraction must be in [0, 1), got {self.train.validation_fraction}")
         if self.model.loss.hint_weight < 0:
             raise ConfigError(f"model.loss.hint_weight must be >= 0, got {self.model.loss.hint_weight}")
         if self.train.mode == "kd" and not self.train.teacher_run:

@@ -17,14 +17,14 @@ import feature_specs  # noqa: F401  (sets the Keras flavour before anything load
 COMMANDS: dict[str, tuple[str, str | None]] = {
     "simulate": ("write synthetic click logs with known ground truth", "simulate"),
     "spec": ("validate a feature spec and print its features and derived parse spec", "spec"),
-    "preprocess": ("Beam job: raw logs -> validated, analyzed, sharded TFRecords", None),
-    "train": ("train light / booster / rocket / kd from preprocessed TFRecords", None),
-    "export": ("export the light net as a TF Serving SavedModel version", None),
-    "serve": ("serve exported models over the TF Serving gRPC API", None),
-    "score": ("score raw feature rows through a PredictionService (ours or TF Serving)", None),
-    "eval": ("Beam job: offline GAUC / AUC / logloss / calibration of a model", None),
-    "compare": ("compare eval results of several runs (mean +- std over seeds, paired t)", None),
-    "demo": ("run the whole pipeline end to end on the built-in simulator", None),
+    "preprocess": ("Beam job: raw logs -> validated, analyzed, sharded TFRecords", "preprocess"),
+    "train": ("train light / booster / rocket / kd from preprocessed TFRecords", "train"),
+    "export": ("export the light net as a TF Serving SavedModel version", "export"),
+    "serve": ("serve exported models over the TF Serving gRPC API", "serve"),
+    "score": ("score raw feature rows through a PredictionService (ours or TF Serving)", "score"),
+    "eval": ("Beam job: offline GAUC / AUC / logloss / calibration of a model", "eval"),
+    "compare": ("compare eval results of several runs (mean +- std over seeds, paired t)", "compare"),
+    "demo": ("run the whole pipeline end to end on the built-in simulator", "demo"),
     "bench": ("benchmarks: preprocess, train, serve, quality", "bench"),
 }
 

@@ -1,0 +1,163 @@
+"""The training input pipeline: preprocessed TFRecord shards -> (features, labels, weights) batches.
+
+Why it looks like this: parsing one example at a time costs a Python-free but per-element tf.data call, which
+caps throughput far below what the model trains at; so records are batched first and parsed with one
+vectorised `tf.io.parse_example` per batch (parse spec from `feature_specs.derive`, the single definition of
+the record layout). Shards are read in parallel, interleaved, and prefetched so the input pipeline is not the
+bottleneck (`rocketctr bench train` measures it alone).
+
+Validation never touches the eval split (that one is only scored at the end): a deterministic slice of the
+*train* split is held out by a salted hash of the group key (whole users move together, like the eval split),
+or of the serialized record when the spec has no group key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import feature_specs  # noqa: F401  (before TensorFlow: sets the Keras flavour)
+import tensorflow as tf
+
+from feature_specs import artifacts, derive
+from feature_specs.schema import FeatureSpec
+
+ROLES = ("all", "train", "validation")
+_HASH_BUCKETS = 1_000_000
+_SALT = "rocketctr-validation:"  # differs from the eval split's hash so the holdout is not empty/biased
+
+
+class CorruptShardError(RuntimeError):
+    """A TFRecord shard is corrupt or truncated; the message names the file(s)."""
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Which rows of the train split are the validation slice: hash(salt + key) < fraction."""
+
+    fraction: float = 0.0
+    role: str = "all"  # all: no filtering; train: drop the slice; validation: keep only the slice
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"holdout role {self.role!r} is not one of {ROLES}")
+        if not 0.0 <= self.fraction < 1.0:
+            raise ValueError(f"holdout fraction must be in [0, 1), got {self.fraction}")
+
+    @property
+    def active(self) -> bool:
+        return self.role != "all" and self.fraction > 0.0
+
+    def in_slice(self, spec: FeatureSpec, serialized: tf.Tensor, parsed: dict) -> tf.Tensor:
+        """Boolean [N]: True for rows in the validation slice."""
+        gk = derive.group_key_field(spec)
+        key = parsed[gk] if gk is not None else serialized
+        bucket = tf.strings.to_hash_bucket_fast(tf.strings.join([_SALT, key]), _HASH_BUCKETS)
+        return bucket < int(round(self.fraction * _HASH_BUCKETS))
+
+
+def shard_files(data_dir: str | os.PathLike, split: str) -> list[str]:
+    """The split's shards in a stable order (raises ArtifactError naming the pattern when none exist)."""
+    return artifacts.list_shards(data_dir, split)
+
+
+def make_dataset(data_dir: str | os.PathLike, spec: FeatureSpec, split: str, batch_size: int,
+                 shuffle: bool = False, epochs: int = 1, seed: int = 0, *,
+                 shuffle_buffer: int = 10000, holdout: Holdout = Holdout(),
+                 files: list[str] | None = None, skip_batches: int = 0, take_batches: int | None = None,
+                 num_workers: int = 1, parallel_reads: int | None = None) -> tf.data.Dataset:
+    """(features, labels [N] float32, weights [N] float32) batches of `split`.
+
+    `files` overrides the shard list (e.g. after dropping corrupt shards); `skip_batches` skips already
+    trained batches after a resume (exact: the order is a pure function of `seed`); `num_workers` picks the
+    auto-shard policy a multi-worker strategy applies (by file when every worker gets one, else by record).
+    """
+    files = list(files) if files is not None else shard_files(data_dir, split)
+    if not files:
+        raise artifacts.ArtifactError(f"no {split} shards to read in {data_dir}")
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    cycle = max(1, min(len(files), parallel_reads or 4))
+
+    def read(path: tf.Tensor) -> tf.data.Dataset:
+        return tf.data.TFRecordDataset(path, compression_type="GZIP", buffer_size=1 << 20)
+
+    ds = ds.interleave(read, cycle_length=cycle, block_length=16, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+    if epochs > 1:
+        ds = ds.repeat(epochs)
+    ds = ds.batch(batch_size)
+    ds = ds.map(batch_parser(spec, holdout), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if holdout.active:  # a batch can in principle lose every row to the mask; never hand the model an empty one
+        ds = ds.filter(lambda x, y, w: tf.size(y) > 0)
+    if skip_batches:
+        ds = ds.skip(skip_batches)
+    if take_batches is not None:
+        ds = ds.take(take_batches)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    opts = tf.data.Options()
+    opts.deterministic = True
+    opts.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.FILE if len(files) >= num_workers > 1
+        else tf.data.experimental.AutoShardPolicy.DATA)
+    return ds.with_options(opts)
+
+
+def batch_parser(spec: FeatureSpec, holdout: Holdout = Holdout()):
+    """A function: serialized [N] -> (features, labels, weights), vectorised over the batch."""
+    pspec = derive.parse_spec(spec)
+    label, weight = spec.label.name, spec.weight
+
+    def parse(serialized: tf.Tensor):
+        parsed = tf.io.parse_example(serialized, pspec)
+        if holdout.active:
+            keep = holdout.in_slice(spec, serialized, parsed)
+            if holdout.role == "train":
+                keep = tf.logical_not(keep)
+            parsed = {k: _mask(v, keep) for k, v in parsed.items()}
+        features = derive.to_model_inputs(spec, parsed)
+        labels = tf.cast(parsed[label], tf.float32)
+        weights = tf.cast(parsed[weight], tf.float32) if weight else tf.ones_like(labels)
+        return features, labels, weights
+
+    return parse
+
+
+def _mask(t, keep: tf.Tensor):
+    if isinstance(t, tf.RaggedTensor):
+        return tf.ragged.boolean_mask(t, keep)
+    return tf.boolean_mask(t, keep)
+
+
+def find_corrupt_shards(files: list[str]) -> list[tuple[str, str]]:
+    """(file, error) for every shard that cannot be read to the end: the slow, exact path used to name the
+    culprit after a read error, or to drop bad shards up front when train.skip_corrupt_shards is set."""
+    bad = []
+    for f in files:
+        try:
+            for _ in tf.data.TFRecordDataset(f, compression_type="GZIP", buffer_size=1 << 20).batch(4096):
+                pass
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError) as e:
+            bad.append((f, _clean(e)))
+    return bad
+
+
+def _clean(e: Exception) -> str:
+    """`{{function_node ...}} corrupted record at 506636 [Op:IteratorGetNext]` -> `corrupted record at 506636`."""
+    text = (getattr(e, "message", None) or str(e)).strip().splitlines()[0]
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).strip()
+
+
+def describe_corrupt(files: list[str], cause: Exception) -> CorruptShardError:
+    """Turn an anonymous read error into one that names the bad shard(s) and the way out."""
+    bad = find_corrupt_shards(files)
+    if not bad:
+        return CorruptShardError(f"reading the shards failed ({_clean(cause)}) but every shard reads cleanly now")
+    names = "; ".join(f"{f}: {err}" for f, err in bad)
+    return CorruptShardError(f"corrupt or truncated TFRecord shard(s): {names}. Re-run preprocessing, or set "
+                             f"train.skip_corrupt_shards=true to train without them")
