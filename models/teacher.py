@@ -36,8 +36,9 @@ class Teacher:
     """A frozen logit source (features -> [N] logits). Deliberately not a tf.Module: Keras must not track
     it, so its variables never join the student's trainable set or checkpoint."""
 
-    def __init__(self, fn: Callable[[dict[str, tf.Tensor]], Any], description: str):
-        self.fn, self.description = fn, description
+    def __init__(self, fn: Callable[[dict[str, tf.Tensor]], Any], description: str, owner: Any = None):
+        # `owner` keeps a loaded SavedModel alive: a signature alone does not, and its variables would be freed.
+        self.fn, self.description, self.owner = fn, description, owner
 
     def __call__(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
         out = self.fn(features)
@@ -67,7 +68,8 @@ def as_teacher(teacher: Any, spec: FeatureSpec) -> Teacher:
     if hasattr(teacher, "signatures") and "predict_raw" in getattr(teacher, "signatures", {}):
         sig = teacher.signatures["predict_raw"]
         names = [f.name for f in spec.features]
-        return Teacher(lambda feats: sig(**{n: feats[n] for n in names})["logit"], "SavedModel predict_raw")
+        return Teacher(lambda feats: sig(**{n: feats[n] for n in names})["logit"], "SavedModel predict_raw",
+                       owner=teacher)
     if hasattr(teacher, "booster_logits"):
         return Teacher(teacher.booster_logits, type(teacher).__name__)
     if callable(teacher):
