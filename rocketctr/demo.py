@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import feature_specs
-from feature_specs import artifacts, derive
+from feature_specs import artifacts
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
 MODEL_NAME = "rocketctr"
@@ -34,20 +39,45 @@ class DemoResult:
 
 
 class Stages:
-    """Prints numbered progress lines and records each stage's wall time."""
+    """Prints numbered progress lines, records each stage's wall time, and sends the stage's own log
+    output (Beam workers and TensorFlow write to file descriptor 2, also from subprocesses) to
+    OUT/logs/<n>.log so the console shows progress and results only."""
 
     def __init__(self, total: int, result: DemoResult, echo=print):
         self.total, self.n, self.result, self.echo = total, 0, result, echo
+        self.log_dir = result.out_dir / "logs"
 
     @contextlib.contextmanager
     def stage(self, name: str):
         self.n += 1
         self.echo(f"[{self.n}/{self.total}] {name} ...", flush=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        yield
+        log_path = self.log_dir / f"{self.n}.log"
+        try:
+            with redirect_stderr_fd(log_path):
+                yield
+        except BaseException:
+            self.echo(f"[{self.n}/{self.total}] {name}: FAILED (stage log: {log_path})", flush=True)
+            raise
         dt = time.perf_counter() - t0
         self.result.stages[name] = round(dt, 2)
         self.echo(f"[{self.n}/{self.total}] {name}: done in {dt:.1f} s", flush=True)
+
+
+@contextlib.contextmanager
+def redirect_stderr_fd(path: Path):
+    """Point fd 2 (inherited by Beam's worker processes) at `path` for the duration; always restored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def run_demo(out_dir: str | Path, rows: int = 1_000_000, seed: int = 0, workers: int = 2,
@@ -60,8 +90,8 @@ def run_demo(out_dir: str | Path, rows: int = 1_000_000, seed: int = 0, workers:
     from pipeline.preprocess import preprocess
     from pipeline.simulate import simulate
     from serving.export import export_run
-    from serving.server import serve
 
+    quiet_logs()
     out = Path(out_dir)
     if out.exists() and overwrite:
         shutil.rmtree(out)
@@ -70,7 +100,7 @@ def run_demo(out_dir: str | Path, rows: int = 1_000_000, seed: int = 0, workers:
     st = Stages(7, result, echo)
     spec = feature_specs.load_spec("synthetic")
     beam_args = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing",
-                 f"--direct_num_workers={workers}"]
+                 f"--direct_num_workers={workers}", "--default_sdk_harness_log_level=ERROR"]
     with st.stage(f"simulate {rows:,} impressions"):
         sim = simulate(rows, out / "raw", seed=seed)
         echo(f"    base CTR {sim.base_ctr:.2%}, ground-truth AUC {sim.truth_auc:.4f}")
@@ -89,8 +119,9 @@ def run_demo(out_dir: str | Path, rows: int = 1_000_000, seed: int = 0, workers:
         version_dir = export_run(runs["rocket"], out / "models" / MODEL_NAME)
         echo(f"    exported {version_dir}")
     with st.stage(f"serve over gRPC and score {candidates} candidates for {users} users"):
-        with serve(out / "models" / MODEL_NAME, MODEL_NAME, port=0, poll_seconds=30) as server:
-            result.latency_ms = score_through_server(server.target, spec, data, candidates, users, echo)
+        with server_process(out / "models" / MODEL_NAME, out / "server.log") as target:
+            echo(f"    server {target} (log: {out / 'server.log'})")
+            result.latency_ms = score_through_server(target, spec, data, candidates, users, echo)
     with st.stage("offline eval (Beam RunInference): GAUC, AUC, logloss"):
         ev = evaluate(runs["rocket"], data, out / "eval", baseline=runs["light"], beam_args=beam_args)
         result.eval_metrics = json.loads((ev / "metrics.json").read_text())
@@ -102,6 +133,54 @@ def run_demo(out_dir: str | Path, rows: int = 1_000_000, seed: int = 0, workers:
         echo(latency_line(result.latency_ms))
         echo(f"report: {result.report}")
     return result
+
+
+@contextlib.contextmanager
+def server_process(model_base: Path, log_path: Path, timeout: float = 120.0):
+    """Run `rocketctr serve` in its own process (as in production: no GIL shared with the client) on a
+    free loopback port; yield its target; always stop it (success, failure, Ctrl-C)."""
+    from serving.client import PredictClient
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "rocketctr.cli", "serve", "--model-base", str(model_base), "--model-name",
+           MODEL_NAME, "--host", "127.0.0.1", "--port", str(port), "--poll-seconds", "30"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    target = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the gRPC server exited with code {proc.returncode}; see {log_path}")
+            try:
+                if any(v["state"] == "AVAILABLE" for v in PredictClient(target, MODEL_NAME, timeout=2).status()):
+                    break
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the gRPC server did not become ready in {timeout:.0f} s; see {log_path}")
+            time.sleep(0.3)
+        yield target
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def quiet_logs() -> None:
+    """Beam's workers and TensorFlow log at INFO/WARN per bundle; the demo shows its own progress instead."""
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("apache_beam", "tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def score_through_server(target: str, spec, data_dir: Path, candidates: int, users: int, echo,
@@ -127,7 +206,7 @@ def score_through_server(target: str, spec, data_dir: Path, candidates: int, use
         t0 = time.perf_counter()
         client.score_candidates(user, items)
         times.append((time.perf_counter() - t0) * 1e3)
-    return {"candidates": candidates, "requests": repeats, "p50": float(np.percentile(times, 50)),
+    return {"target": target, "candidates": candidates, "requests": repeats, "p50": float(np.percentile(times, 50)),
             "p99": float(np.percentile(times, 99))}
 
 
@@ -178,4 +257,4 @@ def write_report(result: DemoResult, sim, data: Path, runs: dict, version_dir: P
     return path
 
 
-__all__ = ["DemoResult", "run_demo", "derive"]
+__all__ = ["DemoResult", "run_demo"]

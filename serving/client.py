@@ -172,7 +172,27 @@ def _token(v) -> bytes:
     return str(v).encode("utf-8")
 
 
+def _fast(c: _Col, a: np.ndarray) -> np.ndarray | None:
+    """Columns that are already model-ready numpy arrays pass through without a per-value Python loop
+    (the hot path when scoring hundreds of candidates); anything else takes the checked slow path."""
+    if not c.is_string and a.ndim == 1 and a.dtype.kind == "f":
+        a = a.astype(np.float32, copy=False)
+        nan = np.isnan(a)
+        if nan.any():
+            if c.default is None:
+                return None  # the slow path raises the error naming the feature and row
+            a = np.where(nan, np.float32(c.default), a)
+        return a
+    if c.is_string and a.ndim == c.rank and a.dtype == object and all(type(v) is bytes for v in a.flat):
+        return a[:, -c.max_length:] if c.rank == 2 and c.max_length else a
+    return None
+
+
 def _build(c: _Col, values) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        fast = _fast(c, values)
+        if fast is not None:
+            return fast
     values = list(values)
     if not c.is_string:
         out = np.empty(len(values), dtype=np.float32)

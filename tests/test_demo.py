@@ -1,0 +1,34 @@
+"""The main job end to end on a small simulated log: every stage runs and the report links real results."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+from rocketctr.demo import run_demo
+
+
+def test_demo_runs_every_stage_on_a_small_log(tmp_path):
+    lines: list[str] = []
+    result = run_demo(tmp_path / "demo", rows=20_000, candidates=50, users=2,
+                      echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    out = result.out_dir
+    assert list(result.stages) and len(result.stages) == 7
+    assert any(line.startswith("[7/7] report: done") for line in lines)
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert manifest["rows"]["read"] == 20_000
+    for run in ("light", "rocket"):
+        assert (out / "runs" / run / "metrics.json").exists()
+    assert (out / "models" / "rocketctr" / "1" / "saved_model.pb").exists()
+    models = result.eval_metrics["models"]
+    assert {m["tower"] for m in models.values()} >= {"light", "booster"}
+    for m in models.values():
+        assert 0.0 <= m["metrics"]["auc"] <= 1.0 and m["metrics"]["logloss"] > 0
+    assert result.latency_ms["p50"] > 0 and result.latency_ms["p99"] >= result.latency_ms["p50"]
+    report = (out / "report.md").read_text()
+    assert "eval/report.md" in report and "models/rocketctr/1" in report
+    assert (out / "logs" / "2.log").stat().st_size > 0  # Beam's chatter went to the stage log
+    # The server process was stopped: its port no longer accepts connections.
+    port = int(result.latency_ms["target"].rsplit(":", 1)[1])
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
