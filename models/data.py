@@ -76,6 +76,11 @@ def make_dataset(data_dir: str | os.PathLike, spec: FeatureSpec, split: str, bat
     files = list(files) if files is not None else shard_files(data_dir, split)
     if not files:
         raise artifacts.ArtifactError(f"no {split} shards to read in {data_dir}")
+    empty = [f for f in files if _is_empty(f)]
+    if empty:  # the GZIP reader yields zero records for a 0-byte file: its rows would vanish silently
+        names = "; ".join(f"{f}: {EMPTY}" for f in empty)
+        raise CorruptShardError(f"corrupt or truncated TFRecord shard(s): {names}. Re-run preprocessing, or set "
+                                f"train.skip_corrupt_shards=true to train without them")
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
@@ -133,11 +138,21 @@ def _mask(t, keep: tf.Tensor):
     return tf.boolean_mask(t, keep)
 
 
+EMPTY = "empty file (0 bytes; a GZIP shard is never empty, even with zero records)"
+
+
+def _is_empty(path: str) -> bool:
+    return tf.io.gfile.stat(path).length == 0
+
+
 def find_corrupt_shards(files: list[str]) -> list[tuple[str, str]]:
     """(file, error) for every shard that cannot be read to the end: the slow, exact path used to name the
     culprit after a read error, or to drop bad shards up front when train.skip_corrupt_shards is set."""
     bad = []
     for f in files:
+        if _is_empty(f):
+            bad.append((f, EMPTY))
+            continue
         try:
             for _ in tf.data.TFRecordDataset(f, compression_type="GZIP", buffer_size=1 << 20).batch(4096):
                 pass

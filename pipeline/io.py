@@ -6,9 +6,11 @@ the reader). gzip/bzip2 are handled by file extension; a single-member .zip side
 
 from __future__ import annotations
 
+import bz2
 import csv
 import io
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
@@ -46,20 +48,72 @@ def _open(path: str):
 
 
 def first_line(path: str) -> bytes:
-    with _open(path) as fh:
-        return fh.readline().rstrip(b"\r\n")
+    """The first line; a file that cannot be read (a folder, no permission, not really gzip) is an InputError
+    naming it, raised in the driver before the job starts instead of a traceback from inside the runner."""
+    try:
+        with _open(path) as fh:
+            return fh.readline().rstrip(b"\r\n")
+    except Exception as e:  # noqa: BLE001 - whatever the filesystem or decompressor raises: unreadable
+        raise InputError(f"{path}: cannot read the input file ({type(e).__name__}: {e})") from None
 
 
 def check_headers(files: Sequence[str], fmt: InputFormat) -> None:
-    """With header: true, each file's first line must name the spec's columns (catches a wrong spec early)."""
-    if not fmt.header:
-        return
+    """Every file must be readable; with header: true its first line must name the spec's columns (catches a
+    wrong spec early)."""
     for path in files:
+        line = first_line(path)
+        if not fmt.header:
+            continue
         got = [c.strip().lstrip("\ufeff") for c in
-               split_fields(first_line(path).decode(fmt.encoding, errors="replace"), fmt.delimiter)]
+               split_fields(line.decode(fmt.encoding, errors="replace"), fmt.delimiter)]
         if got != list(fmt.columns):
             raise InputError(f"{path}: header {got} does not match the spec's format.columns {list(fmt.columns)} "
                              f"(delimiter {fmt.delimiter!r})")
+
+
+def _decompressor(path: str):
+    if path.endswith(".gz"):
+        return "gzip", lambda: zlib.decompressobj(zlib.MAX_WBITS | 16)
+    if path.endswith(".bz2"):
+        return "bzip2", bz2.BZ2Decompressor
+    return None, None
+
+
+def is_compressed(path: str) -> bool:
+    return _decompressor(path)[0] is not None
+
+
+def compressed_stream_error(path: str, chunk_bytes: int = 1 << 16) -> str | None:
+    """Why a .gz/.bz2 file does not decompress to its end-of-stream marker, or None when it does.
+
+    Beam's text reader stops silently where a truncated stream ends, so the rows after the cut would vanish
+    without a count; this streams the file once (bounded memory, concatenated members allowed) to catch it."""
+    kind, new = _decompressor(path)
+    if kind is None:
+        return None
+    d = new()
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            while chunk := fh.read(chunk_bytes):
+                while chunk:
+                    if d.eof:  # the next member of a concatenated file
+                        d = new()
+                    d.decompress(chunk)
+                    chunk = d.unused_data if d.eof else b""
+    except Exception as e:  # noqa: BLE001 - any read or decompression failure means a corrupt input
+        return f"corrupt {kind} stream ({type(e).__name__}: {e})"
+    if not d.eof:
+        return f"{kind} stream ends before its end-of-stream marker (truncated file?)"
+    return None
+
+
+class VerifyCompressedInputs(beam.DoFn):
+    """path -> ("corrupt_input:<path>: <why>", 1) for each damaged compressed input (into the job's counts)."""
+
+    def process(self, path: str):
+        why = compressed_stream_error(path)
+        if why is not None:
+            yield f"corrupt_input:{path}: {why}", 1
 
 
 def side_table_path(table: SideTable, main_files: Sequence[str]) -> str:

@@ -31,7 +31,8 @@ from pipeline import publish
 from pipeline.analyze import AnalyzeTrain
 from pipeline.counting import CountKeys, constant_key
 from pipeline.encode import EncodeExamples
-from pipeline.io import ReadRawLines, check_headers, expand_inputs, side_table_path
+from pipeline.io import ReadRawLines, VerifyCompressedInputs, check_headers, expand_inputs, is_compressed, \
+    side_table_path
 from pipeline.join import COGROUP, SIDE_INPUT, JoinSideTable, ReadSideTable, appended_columns
 from pipeline.layout import FieldPlan, record_layout
 from pipeline.tfrecord_sink import WriteGzipTFRecords
@@ -89,6 +90,10 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan) -> None:
             rejected.append(joined[REJECTED])
         valid = rows | "Validate" >> beam.ParDo(validate).with_outputs(REJECTED, main="records")
         rejected.append(valid[REJECTED])
+    compressed = [f for f in plan.files if is_compressed(f)]
+    if compressed:  # a truncated .gz reads as a shorter file: checked here, fails the job in the driver
+        counts.append(p | "CompressedInputs" >> beam.Create(compressed)
+                      | "VerifyCompressed" >> beam.ParDo(VerifyCompressedInputs()))
     splits = valid.records | "Split" >> AssignSplit(spec.split)
     for name in (TRAIN, EVAL):
         encoded = splits[name] | f"Encode[{name}]" >> beam.ParDo(EncodeExamples(plan.layout, name)).with_outputs(
@@ -137,6 +142,10 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
 
 def check_accounting(counts: dict, max_bad_fraction: float) -> dict:
     """rows_in == written + rejected, and the rejected fraction within bounds; returns the summary."""
+    corrupt = sorted(k.split(":", 1)[1] for k in counts if k.startswith("corrupt_input:"))
+    if corrupt:
+        raise PreprocessError(f"{len(corrupt)} input file(s) are truncated or corrupt, so the rows after the "
+                              f"damage cannot be read or counted; nothing was published: {'; '.join(corrupt)}")
     rows_in = counts.get("rows_in", 0)
     written = {s: counts.get(f"written:{s}", 0) for s in (TRAIN, EVAL)}
     rejected = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("rejected:")}

@@ -19,6 +19,12 @@ class TensorError(ValueError):
     """A TensorProto cannot be decoded (unsupported dtype, bad shape, wrong number of values)."""
 
 
+# TensorFlow's "repeat the last value" rule lets a few bytes declare any shape; without a cap a tiny request
+# with shape [2**31] would make the server allocate (and score) billions of elements. Tensors whose values
+# are all present are bounded by the gRPC message limit instead.
+MAX_FILLED_ELEMENTS = 1 << 20
+
+
 # DataType enum -> (numpy dtype, name of the repeated *_val field)
 _NUMERIC: dict[int, tuple[np.dtype, str]] = {
     types_pb2.DT_FLOAT: (np.dtype("<f4"), "float_val"),
@@ -83,6 +89,9 @@ def _fill(flat: np.ndarray, n: int, shape: tuple[int, ...], dtype: int) -> np.nd
         return flat.reshape(shape)
     if flat.size > n:
         raise TensorError(f"{flat.size} values given for shape {list(shape)} ({n} elements)")
+    if n > MAX_FILLED_ELEMENTS:
+        raise TensorError(f"shape {list(shape)} ({n} elements) with only {flat.size} values given; a tensor "
+                          f"filled by repeating its last value is limited to {MAX_FILLED_ELEMENTS} elements")
     if flat.size == 0:
         fill = b"" if dtype == types_pb2.DT_STRING else 0
     else:
