@@ -173,6 +173,21 @@ def test_summary_and_table_match_a_hand_computation():
     assert "AUC gap +0.0600" in md and md.index("gap (booster - light)") < md.index("| rocket |")
 
 
+def test_no_gap_recovered_share_when_the_booster_is_not_better():
+    """A booster worse than light-alone (negative gap) has no gap to recover: no misleading percentages."""
+    raw = {("light_alone", 0): 0.72, ("light_alone", 1): 0.73, ("booster_alone", 0): 0.71,
+           ("booster_alone", 1): 0.72, ("rocket", 0): 0.725, ("rocket", 1): 0.735}
+    runs = [{"variant": v, "seed": s, "train_seconds": 1.0,
+             "metrics": {t: {"auc": a, "gauc": a, "logloss": 1.0 - a}
+                         for t in (["booster"] if v == "booster_alone" else ["light", "booster"] if v == "rocket"
+                                   else ["light"])}}
+            for (v, s), a in raw.items()]
+    summary = summarize(runs)
+    rocket = next(r for r in summary["variants"] if r["variant"] == "rocket")
+    assert all(rocket["metrics"][m]["gap_recovered"] is None for m in ("auc", "gauc", "logloss"))
+    assert "does NOT beat the light net" in markdown(summary, ["- header"])
+
+
 @pytest.mark.slow
 def test_a_rerun_reuses_finished_runs_and_reports_the_same_numbers(bench, capsys):
     data, out, doc = bench

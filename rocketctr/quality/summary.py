@@ -73,7 +73,9 @@ def summarize(runs: list[dict]) -> dict:
             mean, std = mean_std(_values(vals))
             d = paired_diff(vals, _by_seed(runs, BASELINE, "light", m))
             g = gap[m]["gap"]["mean"]
-            recovered = d.mean / g if d.mean is not None and g not in (None, 0.0) else None
+            # a share of the gap only exists when the booster is better (higher AUC/GAUC, lower logloss)
+            booster_better = g is not None and (g < 0.0 if m == "logloss" else g > 0.0)
+            recovered = d.mean / g if d.mean is not None and booster_better else None
             row["metrics"][m] = {"mean": mean, "std": std, "diff_vs_light_alone": _diff_json(d),
                                  "gap_recovered": recovered}
         bauc = _values(booster_by_seed(runs, name, "auc"))
@@ -114,6 +116,10 @@ def gap_verdict(gap: dict) -> str:
     if g["mean"] <= 0:
         return (f"The booster does NOT beat the light net (AUC gap {g['mean']:+.4f}): there is nothing to "
                 f"transfer, so no variant below can show Rocket Launching working on this data/regime.")
+    gg = gap.get("gauc", {}).get("gap", {})
+    if gg.get("mean") is not None and gg["mean"] <= 0:
+        return (f"AUC gap {g['mean']:+.4f} but GAUC gap {gg['mean']:+.4f}: the two disagree, so the gap is not "
+                f"established (likely eval-sample noise); read the gap-recovered column with care.")
     if g["t"] is None or g["t"] < 2.0:
         return (f"AUC gap {g['mean']:+.4f} with t={_f(g['t'], '.2f')} (< 2): too small or noisy to tell transfer "
                 f"from noise; read the gap-recovered column with care (more seeds or data would help).")
