@@ -221,6 +221,14 @@ class _CountingRows(_Rejecting):
     def start_bundle(self):
         self._rows_in = 0
 
+    def _parse(self, file: str, raw: bytes):
+        """Count the line and parse it: ((text, fields), None), or (None, its dead-letter output)."""
+        self._rows_in += 1
+        try:
+            return self._parser.parse(raw), None
+        except Reject as r:
+            return None, self.reject(file, raw.decode(self._parser.encoding, errors="replace"), r)
+
     def finish_bundle(self):
         if self._rows_in:
             beam.metrics.Metrics.counter("preprocess", "rows_in").inc(self._rows_in)
@@ -235,14 +243,9 @@ class ParseLines(_CountingRows):
         self._parser = LineParser(spec)
 
     def process(self, element):
-        self._rows_in += 1
         file, raw = element
-        try:
-            text, fields = self._parser.parse(raw)
-        except Reject as r:
-            yield self.reject(file, raw.decode(self._parser.encoding, errors="replace"), r)
-            return
-        yield file, text, fields
+        parsed, rejected = self._parse(file, raw)
+        yield rejected if parsed is None else (file, *parsed)
 
 
 class ValidateRows(_Rejecting):
@@ -276,13 +279,12 @@ class ParseAndValidateLines(_CountingRows):
         self._conv = RowConverter(*self._args)
 
     def process(self, element):
-        self._rows_in += 1
         file, raw = element
-        try:
-            text, fields = self._parser.parse(raw)
-        except Reject as r:
-            yield self.reject(file, raw.decode(self._parser.encoding, errors="replace"), r)
+        parsed, rejected = self._parse(file, raw)
+        if parsed is None:
+            yield rejected
             return
+        text, fields = parsed
         try:
             yield self._conv.convert(fields, text)
         except Reject as r:
