@@ -10,6 +10,7 @@ Classify / Regress / MultiInference are left UNIMPLEMENTED (the light net is a P
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from concurrent import futures
@@ -46,15 +47,33 @@ class _Resolver:
         return self.registry.get(spec.name, version)
 
 
+@contextlib.contextmanager
+def observed(metrics: Metrics, log: logging.Logger, context, method: str, model: str, signature: str = ""):
+    """One request's bookkeeping for every RPC: latency and status counters, RequestError -> its gRPC code,
+    any other exception -> INTERNAL (logged): a bug must never kill a worker thread or escape as UNKNOWN."""
+    t0, code = time.perf_counter(), "OK"
+    try:
+        yield
+    except RequestError as e:
+        code = e.code.name
+        log.warning("request refused", extra={"fields": {"method": method, "code": code, "signature": signature,
+                                                         "error": e.message}})
+        context.abort(e.code, e.message)
+    except Exception as e:  # noqa: BLE001
+        code = "INTERNAL"
+        log.exception("request failed", extra={"fields": {"method": method, "signature": signature}})
+        context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+    finally:
+        metrics.observe(method, model, signature, code, time.perf_counter() - t0)
+
+
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, resolve: _Resolver, metrics: Metrics, log: logging.Logger):
         self.resolve, self.metrics, self.log = resolve, metrics, log
 
     def Predict(self, request, context):  # noqa: N802 (gRPC naming)
-        t0 = time.perf_counter()
         sig = request.model_spec.signature_name or "serving_default"
-        code = "OK"
-        try:
+        with observed(self.metrics, self.log, context, "Predict", request.model_spec.name, sig):
             servable = self.resolve(request.model_spec)
             outputs = servable.runner(sig).run(decode_inputs(request.inputs), request.output_filter)
             resp = predict_pb2.PredictResponse()
@@ -64,21 +83,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             for k, v in outputs.items():
                 fill_proto(resp.outputs[k], v)
             return resp
-        except RequestError as e:
-            code = e.code.name
-            self.log.warning("request refused", extra={"fields": {"method": "Predict", "code": code,
-                                                                  "signature": sig, "error": e.message}})
-            context.abort(e.code, e.message)
-        except Exception as e:  # noqa: BLE001 - a bug must become INTERNAL, never a dead worker
-            code = "INTERNAL"
-            self.log.exception("predict failed", extra={"fields": {"method": "Predict", "signature": sig}})
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-        finally:
-            self.metrics.observe("Predict", request.model_spec.name, sig, code, time.perf_counter() - t0)
 
     def GetModelMetadata(self, request, context):  # noqa: N802
-        t0, code = time.perf_counter(), "OK"
-        try:
+        with observed(self.metrics, self.log, context, "GetModelMetadata", request.model_spec.name):
             fields = list(request.metadata_field)
             if not fields:
                 raise invalid("GetModelMetadataRequest must specify at least one metadata_field "
@@ -95,20 +102,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 sig_map.signature_def[k].CopyFrom(v)
             resp.metadata["signature_def"].Pack(sig_map)
             return resp
-        except RequestError as e:
-            code = e.code.name
-            context.abort(e.code, e.message)
-        finally:
-            self.metrics.observe("GetModelMetadata", request.model_spec.name, "", code, time.perf_counter() - t0)
 
 
 class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, registry: ModelRegistry, metrics: Metrics):
-        self.registry, self.metrics = registry, metrics
+    def __init__(self, registry: ModelRegistry, metrics: Metrics, log: logging.Logger):
+        self.registry, self.metrics, self.log = registry, metrics, log
 
     def GetModelStatus(self, request, context):  # noqa: N802
-        t0, code = time.perf_counter(), "OK"
-        try:
+        with observed(self.metrics, self.log, context, "GetModelStatus", request.model_spec.name):
             spec = request.model_spec
             version = spec.version.value if spec.HasField("version") else None
             resp = get_model_status_pb2.GetModelStatusResponse()
@@ -117,11 +118,6 @@ class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
                 s.version, s.state = st.version, st.state
                 s.status.error_code, s.status.error_message = st.error_code, st.error_message
             return resp
-        except RequestError as e:
-            code = e.code.name
-            context.abort(e.code, e.message)
-        finally:
-            self.metrics.observe("GetModelStatus", request.model_spec.name, "", code, time.perf_counter() - t0)
 
 
 @dataclass
@@ -191,7 +187,7 @@ def serve(model_base: str | Path, model_name: str, host: str = "127.0.0.1", port
                                   ("grpc.so_reuseport", 0)])
     prediction = PredictionServicer(_Resolver(registry, version_labels), metrics, log)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(registry, metrics), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(registry, metrics, log), server)
     address = f"{host}:{port}"
     try:
         if (tls_cert is None) != (tls_key is None):
