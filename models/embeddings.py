@@ -84,6 +84,10 @@ class Fields:
                 for k, s in self.sequences.items()}
         return Fields(blocks, seqs)
 
+    def columns(self, layout: dict[str, tuple[int, int]]) -> list[int]:
+        """For each column of flat(), its column in the full layout (Embedder.flat_layout)."""
+        return [layout[name][0] + j for b in self.blocks for name in b.names for j in range(layout[name][1])]
+
     def squared_norm(self) -> tf.Tensor:
         """[N] sum of squared field values (the embedding L2 on looked-up rows, sparse-friendly)."""
         return tf.add_n([tf.reduce_sum(tf.square(b.values), axis=[1, 2]) for b in self.blocks])
@@ -166,24 +170,20 @@ class Embedder(tf.keras.layers.Layer):
         return [b.table for b in self.banks.values() if b.part == part]
 
     def fields(self, encoded: dict[str, Encoded], towers: tuple[str, ...] | None = None,
-               once: frozenset[str] | set[str] = frozenset(), n: tf.Tensor | None = None) -> dict[str, Fields]:
+               once: frozenset[str] | set[str] = frozenset(), n: tf.Tensor | None = None,
+               only: frozenset[str] | None = None) -> dict[str, Fields]:
         """Per tower, its fields; a table read by several towers is looked up once.
 
         `once` names features encoded at batch 1 (one user's side of score_candidates): they are looked up and
         pooled at batch 1 and only the embedded vectors are broadcast to the `n` rows of the other features,
         so a request pays the user side once instead of once per candidate. The values equal those of the
-        features repeated n times before encoding.
+        features repeated n times before encoding. `only` restricts the call to some features (a tower's
+        fields for a part of its inputs; see flat_layout).
         """
         towers = tuple(towers or self.towers)
         if once and n is None:
             raise ValueError("fields(once=...) needs n, the batch size to broadcast the batch-1 features to")
-        needed: dict[str, list[str]] = {}  # bank -> feature names (spec order), non-sequence then sequence
-        for f in self.spec.features:
-            for t in towers:
-                if t in f.towers:
-                    names = needed.setdefault(self._slots[t][table_key(f)].bank, [])
-                    if f.name not in names:
-                        names.append(f.name)
+        needed = self._needed(towers, only)
         looked: dict[str, tuple[tuple[str, ...], tf.Tensor]] = {}
         seqs: dict[tuple[str, str], SequenceEmbedding] = {}
         for bank_key, names in needed.items():
@@ -205,6 +205,33 @@ class Embedder(tf.keras.layers.Layer):
             order = tuple(flat) + tuple(m for m in names if m not in flat)
             looked[bank_key] = (order, _assemble(pieces, order, n))
         return {t: self._tower_fields(t, looked, seqs) for t in towers}
+
+    def _needed(self, towers: tuple[str, ...], only: frozenset[str] | None = None) -> dict[str, list[str]]:
+        """bank -> feature names it serves to `towers` (spec order; only those in `only` when given)."""
+        needed: dict[str, list[str]] = {}
+        for f in self.spec.features:
+            if only is not None and f.name not in only:
+                continue
+            for t in towers:
+                if t in f.towers:
+                    names = needed.setdefault(self._slots[t][table_key(f)].bank, [])
+                    if f.name not in names:
+                        names.append(f.name)
+        return needed
+
+    def flat_layout(self, tower: str) -> dict[str, tuple[int, int]]:
+        """feature -> (first column, dim) inside `fields(...)[tower].flat()` over all the tower's features.
+
+        What lets a tower apply its first dense layer to a subset of the fields (score_candidates' user side
+        once, the item side per row): the subset's columns are these rows of the kernel.
+        """
+        out, col = {}, 0
+        for bank_key, names in self._needed((tower,)).items():
+            dim = self.banks[bank_key].dim
+            seq = [m for m in names if self.spec.feature(m).kind == "sequence"]
+            for m in [m for m in names if m not in seq] + seq:
+                out[m], col = (col, dim), col + dim
+        return out
 
     def _offset(self, bank_key: str, name: str, towers: tuple[str, ...]) -> int:
         key = table_key(self.spec.feature(name))

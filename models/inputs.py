@@ -77,24 +77,50 @@ class NumericEncoder(tf.keras.layers.Layer):
             self.discretize = tf.keras.layers.Discretization(bin_boundaries=bounds)
         else:
             self.rows = 1
-            std = stats.std if stats.std > 1e-12 else 1.0  # a constant column: centre it, do not blow it up
-            self.normalize = (tf.keras.layers.Normalization(axis=None, mean=stats.mean, variance=std * std)
-                              if "standardize" in f.transform else None)
+        # a constant column: centre it, do not blow it up
+        standardize = not self.bucketize and "standardize" in f.transform
+        self.mean = float(stats.mean) if standardize else 0.0
+        self.std = (float(stats.std) if stats.std > 1e-12 else 1.0) if standardize else 1.0
+        self.clip = (-math.inf if f.clip_min is None else float(f.clip_min),
+                     math.inf if f.clip_max is None else float(f.clip_max))
+        self.log1p = f.transform.startswith("log1p")
 
     def encode(self, x: tf.Tensor) -> Encoded:
-        f = self.feature
-        x = tf.cast(x, tf.float32)
-        x = tf.where(tf.math.is_finite(x), x, tf.constant(f.default, tf.float32))  # (a scalar broadcasts)
-        if f.clip_min is not None or f.clip_max is not None:
-            x = tf.clip_by_value(x, -math.inf if f.clip_min is None else f.clip_min,
-                                 math.inf if f.clip_max is None else f.clip_max)
-        if f.transform.startswith("log1p"):
-            x = signed_log1p(x)
-        if self.bucketize:
-            return Encoded(ids=tf.cast(self.discretize(x), tf.int64))
-        if self.normalize is not None:
-            x = self.normalize(x)
-        return Encoded(ids=tf.zeros_like(x, tf.int64), scale=x)
+        """One column alone (bucketize features; continuous ones go through encode_continuous in blocks)."""
+        if not self.bucketize:
+            return encode_continuous([self], [x])[0]
+        x = _clean(tf.cast(x, tf.float32), [self])
+        return Encoded(ids=tf.cast(self.discretize(x), tf.int64))
+
+
+def _clean(x: tf.Tensor, encs: list[NumericEncoder]) -> tf.Tensor:
+    """Non-finite -> the feature's default, clip, signed log1p: x is [N] (one encoder) or [N, k] (k encoders)."""
+    def vec(values: list[float]) -> tf.Tensor:
+        return tf.constant(values[0] if x.shape.rank == 1 else values, tf.float32)  # (a scalar broadcasts)
+    x = tf.where(tf.math.is_finite(x), x, vec([float(e.feature.default) for e in encs]))
+    lo, hi = [e.clip[0] for e in encs], [e.clip[1] for e in encs]
+    if any(math.isfinite(v) for v in lo + hi):
+        x = tf.clip_by_value(x, vec(lo), vec(hi))
+    logs = [e.log1p for e in encs]
+    if all(logs):
+        x = signed_log1p(x)
+    elif any(logs):
+        x = tf.where(tf.constant(logs), signed_log1p(x), x)
+    return x
+
+
+def encode_continuous(encs: list[NumericEncoder], xs: list[tf.Tensor]) -> list[Encoded]:
+    """Continuous numeric columns transformed as ONE [N, k] block: the same arithmetic as per column with a
+    tenth of the ops (a request graph's fixed cost is mostly per-op overhead: ~10 ops per column before)."""
+    one = len(encs) == 1
+    x = tf.cast(xs[0], tf.float32) if one else tf.stack([tf.cast(v, tf.float32) for v in xs], axis=1)
+    x = _clean(x, encs)
+    means, stds = [e.mean for e in encs], [e.std for e in encs]
+    if any(m != 0.0 for m in means) or any(s != 1.0 for s in stds):
+        x = (x - tf.constant(means[0] if one else means)) / tf.constant(stds[0] if one else stds)
+    cols = [x] if one else tf.unstack(x, axis=1)
+    zeros = tf.zeros_like(cols[0], tf.int64)  # each feature's single table row (its slice offset comes later)
+    return [Encoded(ids=zeros, scale=c) for c in cols]
 
 
 class FeatureInputs(tf.keras.layers.Layer):
@@ -121,20 +147,26 @@ class FeatureInputs(tf.keras.layers.Layer):
         return self.encoders[key].rows
 
     def encode(self, features: dict[str, tf.Tensor], names: tuple[str, ...] | None = None) -> dict[str, Encoded]:
-        out = {}
+        out, continuous = {}, []
         for name in names or self.names:
             f = self.spec.feature(name)
             if name not in features:
                 raise KeyError(f"model input {name!r} is missing (have {sorted(features)})")
             x = features[name]
             enc = self.encoders[table_key(f)]
-            if f.kind == "numeric":
+            if f.kind == "numeric" and not enc.bucketize:
+                continuous.append(name)
+            elif f.kind == "numeric":
                 out[name] = enc.encode(_flat(x))
             elif f.kind == "categorical":
                 out[name] = Encoded(ids=enc(_flat(x)))
             else:
                 x = derive.truncate_sequence(x, f)
                 out[name] = Encoded(ids=enc(x), mask=tf.cast(tf.not_equal(x, derive.PAD), tf.float32))
+        if continuous:
+            encoded = encode_continuous([self.encoders[n] for n in continuous],
+                                        [_flat(features[n]) for n in continuous])
+            out.update(zip(continuous, encoded))
         return out
 
 

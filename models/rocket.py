@@ -52,9 +52,26 @@ class TowerPath(tf.Module):
         enc = self.inputs.encode(user, once) if once else {}  # (an empty `names` would mean all of them)
         if per_row:  # a tower may read no item feature at all; it still scores N rows
             enc.update(self.inputs.encode(items, per_row))
+        if per_row and self.tower.splits_first_layer:
+            return self._split_candidate_logits(enc, once, per_row)
         n = tf.shape(next(iter(items.values())))[0]
         fields = self.embedder.fields(enc, (self.tower_name,), once=frozenset(once), n=n)
         return self.tower(fields[self.tower_name], training=False)
+
+    def _split_candidate_logits(self, enc: dict, once: tuple[str, ...], per_row: tuple[str, ...]) -> tf.Tensor:
+        """The tower's first layer applied to the user's fields at batch 1 and the items' at batch N, summed.
+
+        No [N, all fields] input is ever built: the user's share of the first layer is one row, and only the
+        item columns are multiplied N times (at N=300 on the synthetic spec: a third of the dense work and
+        none of the broadcast-and-gather copy).
+        """
+        layout = self.embedder.flat_layout(self.tower_name)
+        parts = []
+        for names in (once, per_row):
+            if names:
+                f = self.embedder.fields(enc, (self.tower_name,), only=frozenset(names))[self.tower_name]
+                parts.append((f.flat(), f.columns(layout)))
+        return self.tower.split_logits(parts)
 
     @property
     def parts(self) -> list[tf.Module]:

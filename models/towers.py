@@ -28,11 +28,39 @@ class Tower(tf.keras.layers.Layer):
         return tf.keras.layers.Dense(units, activation=activation, name=name,
                                      kernel_initializer=tf.keras.initializers.GlorotUniform(seed=self.seed))
 
+    # True when the tower's first layer is one dense map of fields.flat(): it can then be applied to the user
+    # and the item columns separately (split_logits), the user part once per score_candidates request.
+    splits_first_layer = False
+
+    def split_logits(self, parts: list[tuple[tf.Tensor, list[int]]]) -> tf.Tensor:
+        """Logits [N] from column subsets of fields.flat(): (x [1 or N, k], its columns in the full layout).
+
+        At least one part must have the N rows (batch-1 parts broadcast against it in the first layer's sum).
+        """
+        raise NotImplementedError(f"{type(self).__name__} reads its fields jointly; it has no split first layer")
+
     def l2_loss(self) -> tf.Tensor:
         kernels = [w for w in self.trainable_weights if "kernel" in w.name]
         if not self.cfg.l2 or not kernels:
             return tf.constant(0.0)
         return self.cfg.l2 * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
+
+
+def split_dense(layer: tf.keras.layers.Dense, parts: list[tuple[tf.Tensor, list[int]]]) -> tf.Tensor:
+    """layer(concat of the parts in layout order) as a sum of per-part products with the kernel's matching rows.
+
+    A batch-1 part (the user side) costs one row and broadcasts in the sum, so scoring N candidates pays
+    the user's share of the first layer once; the result equals the layer on the broadcast concatenation.
+    """
+    kernel = layer.kernel
+    out = None
+    for x, cols in parts:
+        w = kernel if cols == list(range(int(kernel.shape[0]))) else tf.gather(kernel, cols)
+        y = tf.matmul(x, w)
+        out = y if out is None else out + y
+    if layer.use_bias:
+        out = out + layer.bias
+    return layer.activation(out) if layer.activation is not None else out
 
 
 class MLP(tf.keras.layers.Layer):
@@ -44,8 +72,8 @@ class MLP(tf.keras.layers.Layer):
         self.dropout = [tf.keras.layers.Dropout(dropout, seed=tower.seed + i) for i in range(len(hidden))] \
             if dropout else []
 
-    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
-        for i, layer in enumerate(self.layers_):
+    def call(self, x: tf.Tensor, training: bool = False, first: int = 0) -> tf.Tensor:
+        for i, layer in enumerate(self.layers_[first:], start=first):
             x = layer(x)
             if self.dropout:
                 x = self.dropout[i](x, training=training)
@@ -59,8 +87,13 @@ class LRTower(Tower):
         super().__init__(cfg, seed, **kw)
         self.out = self._dense(1, name="logit")
 
+    splits_first_layer = True
+
     def call(self, fields: Fields, training: bool = False) -> tf.Tensor:
         return tf.squeeze(self.out(fields.flat()), -1)
+
+    def split_logits(self, parts: list[tuple[tf.Tensor, list[int]]]) -> tf.Tensor:
+        return tf.squeeze(split_dense(self.out, parts), -1)
 
 
 class FMTower(Tower):
@@ -84,8 +117,16 @@ class MLPTower(Tower):
         self.body = MLP(self, cfg.hidden, cfg.dropout, name="mlp")
         self.out = self._dense(1, name="logit")
 
+    splits_first_layer = True
+
     def call(self, fields: Fields, training: bool = False) -> tf.Tensor:
         return tf.squeeze(self.out(self.body(fields.flat(), training=training)), -1)
+
+    def split_logits(self, parts: list[tuple[tf.Tensor, list[int]]]) -> tf.Tensor:
+        if not self.body.layers_:
+            return tf.squeeze(split_dense(self.out, parts), -1)
+        # inference only (score_candidates): the first layer's dropout is the identity there
+        return tf.squeeze(self.out(self.body(split_dense(self.body.layers_[0], parts), first=1)), -1)
 
 
 class DCNTower(Tower):
