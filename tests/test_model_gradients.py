@@ -22,7 +22,9 @@ def tiny(tmp_path_factory):
 
 
 def _model(tiny, share: bool = True, **loss):
+    """The paper's switches (hint into the shared tables) unless a test flips one: each test isolates one switch."""
     spec, data, _ = tiny
+    loss.setdefault("hint_into_shared", True)
     cfg = RunConfig(model=ModelConfig(share_embeddings=share, light=TowerConfig("mlp", (8,)),
                                       booster=TowerConfig("mlp", (16, 8)), loss=LossConfig(hint_clip=None, **loss)))
     return build_model(spec, data, cfg)

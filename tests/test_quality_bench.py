@@ -206,7 +206,9 @@ def test_a_rerun_reuses_finished_runs_and_reports_the_same_numbers(bench, capsys
 def test_kd_variant_gets_the_same_seed_booster_run_as_teacher_and_cost(tmp_path):
     kd = next(v for v in resolve_variants(["kd_two_stage"]) if v.name == "kd_two_stage")
     cfg = variant_config(CONFIG, kd, 3, {"train": {"mode": "light", "seed": 9}}, tmp_path / "booster_alone/seed3")
-    assert (cfg.train.mode, cfg.train.seed, cfg.model.loss.hint) == ("kd", 3, "kd")  # the variant wins over --set
+    # the variant wins over --set; the config's kd experiment: MSE on logits at weight 1 (chosen on validation)
+    assert (cfg.train.mode, cfg.train.seed, cfg.model.loss.hint, cfg.model.loss.hint_weight) == \
+        ("kd", 3, "mse_logits", 1.0)
     assert cfg.train.teacher_run == str(tmp_path / "booster_alone/seed3")
     with pytest.raises(ValueError, match="teacher"):
         variant_config(CONFIG, kd, 0)

@@ -23,7 +23,7 @@ def _args(*argv: str) -> argparse.Namespace:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_experiment_of_every_shipped_config_loads(path):
     doc = yaml.safe_load(path.read_text())
-    assert {"rocket", "light_only", "booster_only", "kd", "no_gradient_block", "hint_not_into_shared",
+    assert {"rocket", "light_only", "booster_only", "kd", "no_gradient_block", "hint_into_shared", "paper",
             "no_shared_embeddings", "hint_kd"} <= set(doc["experiments"])
     for name in doc["experiments"]:
         over = {"train": {"teacher_run": "/some/run"}} if name == "kd" else None

@@ -35,11 +35,14 @@ class Variant:
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant(BASELINE, "light_only", "light", "light net trained alone"),
     Variant(REFERENCE, "booster_only", "booster", "booster trained alone (the reference and the KD teacher)"),
-    Variant("rocket", "rocket", "rocket", "rocket launching: shared embeddings, hint, gradient block (the paper)"),
+    Variant("rocket", "rocket", "rocket", "rocket launching as shipped: shared embeddings, hint (kept out of the "
+            "shared tables), gradient block"),
+    Variant("rocket_paper", "paper", "rocket", "rocket with the paper's settings: lambda 0.1, hint into the shared "
+            "tables"),
     Variant("rocket_no_gradient_block", "no_gradient_block", "rocket", "rocket, hint gradient also reaches the "
             "booster"),
-    Variant("rocket_hint_not_into_shared", "hint_not_into_shared", "rocket", "rocket, hint gradient kept out of "
-            "the shared embeddings"),
+    Variant("rocket_hint_into_shared", "hint_into_shared", "rocket", "rocket, hint gradient also reaches the "
+            "shared embeddings"),
     Variant("rocket_no_shared_embeddings", "no_shared_embeddings", "rocket", "rocket without parameter sharing"),
     Variant("kd_two_stage", "kd", "kd", "two-stage KD: booster-alone (same seed) as frozen teacher, then student"),
     Variant("rocket_hint_mse_plus_kd", "hint_mse_plus_kd", "rocket", "rocket with hint mse_logits + kd"),
