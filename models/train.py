@@ -69,6 +69,9 @@ class TrainingJob:
     def _usable_shards(self, split: str) -> list[str]:
         files = data.shard_files(self.data_dir, split)
         if not self.t.skip_corrupt_shards:
+            cut = data.truncated_shards(files)  # TensorFlow's reader would end these early without an error
+            if cut:
+                raise data.corrupt_error(cut)
             return files
         bad = data.find_corrupt_shards(files)
         for f, err in bad:

@@ -94,6 +94,21 @@ def prepare_simulated(rows: int, workdir: Path, seed: int, workers: int, echo=pr
     return data
 
 
+
+SINGLE_TOWER_MODES = ("light", "booster")
+
+
+def run_identity(config: dict) -> dict:
+    """The part of a run's config that can change its result: a tower trained alone never reads the hint
+    settings (model.loss), so changing the shipped hint defaults does not retrain the light-alone and
+    booster-alone baselines."""
+    mode = (config.get("train") or {}).get("mode")
+    if mode not in SINGLE_TOWER_MODES or "model" not in config:
+        return config
+    model = {k: v for k, v in config["model"].items() if k != "loss"}
+    return {**config, "model": model}
+
+
 class Bench:
     """Runs the variants x seeds, keeping the raw results (saved after every run: nothing is lost on a crash)."""
 
@@ -129,7 +144,8 @@ class Bench:
         stale_teacher = teacher is not None and teacher in self.trained
         if (run / "metrics.json").is_file() and (run / "config.json").is_file() and not stale_teacher:
             saved = json.loads((run / "config.json").read_text())
-            if saved.get("config") == config_to_dict(cfg) and saved.get("data_dir") == str(self.data.resolve()):
+            if run_identity(saved.get("config") or {}) == run_identity(config_to_dict(cfg)) \
+                    and saved.get("data_dir") == str(self.data.resolve()):
                 self.echo(f"  {variant.name} seed {seed}: reusing finished run {run}")
                 return run
         shutil.rmtree(run, ignore_errors=True)

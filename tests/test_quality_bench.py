@@ -233,3 +233,17 @@ def test_bad_variant_and_missing_data_are_clear_errors(tmp_path, capsys):
     assert quality_bench.main(["--data", str(tmp_path / "absent"), "--workdir", str(tmp_path / "w"),
                                "--out", str(tmp_path / "q.md")]) == 2
     assert "absent" in capsys.readouterr().err
+
+
+def test_run_identity_ignores_the_hint_settings_only_for_a_tower_trained_alone():
+    from rocketctr.quality_bench import run_identity
+
+    def cfg(mode, weight, hidden=64):
+        return {"train": {"mode": mode, "seed": 0},
+                "model": {"light": {"hidden": [hidden]}, "loss": {"hint_weight": weight}}}
+
+    for mode in ("light", "booster"):
+        assert run_identity(cfg(mode, 0.1)) == run_identity(cfg(mode, 0.3))  # the baselines are reused
+        assert run_identity(cfg(mode, 0.1)) != run_identity(cfg(mode, 0.1, hidden=32))  # anything else is not
+    for mode in ("rocket", "kd"):
+        assert run_identity(cfg(mode, 0.1)) != run_identity(cfg(mode, 0.3))

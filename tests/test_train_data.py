@@ -4,12 +4,16 @@ exact skip-on-resume, and corrupt shards (a clear error naming the file, or skip
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 
 import feature_specs
 import pytest
+import tensorflow as tf
 
 from feature_specs import derive
-from models.data import CorruptShardError, Holdout, find_corrupt_shards, make_dataset, shard_files
+from models.data import (CorruptShardError, Holdout, find_corrupt_shards, make_dataset, shard_files,
+                         truncated_shards)
 from models.train import train
 from tests.train_helpers import fast_config, fixture_data
 
@@ -87,6 +91,34 @@ def test_corrupt_shard_is_found_and_named(corrupt_dir):
     out, bad = corrupt_dir
     found = find_corrupt_shards(shard_files(out, "train"))
     assert [f for f, _ in found] == [str(bad)] and "record" in found[0][1]
+
+
+def test_a_gzip_shard_cut_on_a_record_boundary_is_still_caught(tmp_path, data_dir):
+    """TensorFlow's GZIP reader ends such a stream cleanly (the flake this test pins down): the records after
+    the cut would vanish. The gzip end-of-stream check names the file before training starts."""
+    import gzip
+    import shutil
+
+    out = tmp_path / "data"
+    shutil.copytree(data_dir, out)
+    bad = sorted(out.glob("train-*"))[0]
+    raw = gzip.decompress(bad.read_bytes())
+    z = zlib.compressobj(1, zlib.DEFLATED, 31)
+    bad.write_bytes(z.compress(raw[:_record_boundary(raw)]) + z.flush(zlib.Z_SYNC_FLUSH))  # no end marker
+    assert len(list(tf.data.TFRecordDataset(str(bad), compression_type="GZIP"))) > 0  # TF reads it "fine"
+    assert [f for f, _ in truncated_shards(shard_files(out, "train"))] == [str(bad)]
+    assert "truncated" in dict(find_corrupt_shards(shard_files(out, "train")))[str(bad)]
+    with pytest.raises(CorruptShardError, match=bad.name):
+        train(fast_config("light", max_steps=3, epochs=1), out, tmp_path / "run", verbose=0)
+
+
+def _record_boundary(raw: bytes) -> int:
+    """Offset just after the first half of the TFRecords in raw (8-byte length, 4 crc, data, 4 crc)."""
+    offsets, at = [], 0
+    while at < len(raw):
+        at += 16 + struct.unpack("<Q", raw[at:at + 8])[0]
+        offsets.append(at)
+    return offsets[len(offsets) // 2]
 
 
 def test_training_on_a_corrupt_shard_fails_naming_it(corrupt_dir, tmp_path):
