@@ -41,6 +41,9 @@ def test_candidate_logits_equal_logits_on_broadcast_raw_inputs(data, light, boos
     x, _ = fixture_batch(spec, d, "eval", batch_size=24)
     for tower in ("light", "booster"):
         path = model.tower_path(tower)
+        calls = []
+        split = path.tower.split_logits
+        path.tower.split_logits = lambda parts, _f=split: calls.append(len(parts)) or _f(parts)
         for row in (0, 5):  # a user who is not row 0 of the batch: nothing may read the wrong row
             user, items = _split(spec, x, row)
             want = path.logits(_broadcast_raw(user, items)).numpy()
@@ -48,6 +51,10 @@ def test_candidate_logits_equal_logits_on_broadcast_raw_inputs(data, light, boos
             assert got.shape == want.shape == (24,)
             assert np.abs(got - want).max() < 1e-5, (tower, row)
             assert np.std(want) > 0  # the items differ: a test that broadcast one score everywhere would fail
+        # mlp / lr towers take the split first layer (user part once, item part per row); dcn / fm / din read
+        # their fields jointly and go through the broadcast path
+        kind = cfg.model.light.kind if tower == "light" else cfg.model.booster.kind
+        assert calls == ([2, 2] if kind in ("mlp", "lr") else []), (tower, kind)
 
 
 def test_candidate_logits_one_candidate_and_a_traced_graph(data):
