@@ -51,7 +51,8 @@ class LossConfig:
     # flowing into the shared tables weakened the co-trained booster and recovered less of its edge.
     hint_weight: float = 0.3
     gradient_block: bool = True  # stop_gradient on the booster logit inside the hint (the paper's block)
-    hint_into_shared: bool = False  # does the hint's gradient reach the shared embedding tables (paper: yes)
+    # does the hint's gradient reach the shared embedding tables (paper: yes); rocket mode only (kd: always)
+    hint_into_shared: bool = False
     hint_clip: float | None = 5.0  # clip |booster logit| used as the hint target
     temperature: float = 2.0  # for the kd hint
     warmup_steps: int = 0  # linear ramp of hint_weight from 0 over this many steps

@@ -217,7 +217,9 @@ class RocketModel(tf.keras.Model):
         if self.mode == "kd":
             z_booster = out["teacher_logit"] = self._teacher.value(features)
         z_hint = None
-        if z_light is not None and z_booster is not None and not loss_cfg.hint_into_shared \
+        # hint_into_shared protects a co-trained booster that reads the same tables; a kd student's tables
+        # serve no one else, so there the hint always trains them (blocking it cost KD its whole gain)
+        if self.mode == "rocket" and z_booster is not None and not loss_cfg.hint_into_shared \
                 and any(b.part == "shared" for b in fields["light"].blocks):
             z_hint = self.light(fields["light"].stop_gradient(("shared",)), training=training)
         reg = [getattr(self, t).l2_loss() for t in self.tower_names]
