@@ -96,6 +96,7 @@ def prepare_simulated(rows: int, workdir: Path, seed: int, workers: int, echo=pr
 
 
 SINGLE_TOWER_MODES = ("light", "booster")
+SCORES_FILE = "quality_scores.json"  # RUN_DIR/: the direct eval scores of that run on that data
 
 
 def run_identity(config: dict) -> dict:
@@ -136,9 +137,9 @@ class Bench:
         """Train (or reuse a finished identical run); an unfinished or different run is started afresh."""
         from models.config import config_to_dict
         from models.train import train
-        from rocketctr.quality.variants import KD_TEACHER, variant_config
+        from rocketctr.quality.variants import variant_config
 
-        teacher = self.run_dir(KD_TEACHER, seed) if variant.needs_teacher else None
+        teacher = self.run_dir(variant.teacher, seed) if variant.needs_teacher else None
         cfg = variant_config(self.args.config, variant, seed, self.overrides, teacher)
         run = self.run_dir(variant.name, seed)
         stale_teacher = teacher is not None and teacher in self.trained
@@ -158,6 +159,12 @@ class Bench:
 
         if self.args.metrics == "beam":
             return scoring.score_run_beam(run, self.data, run / "quality_eval", beam_args=EVAL_BEAM_ARGS)
+        cache = run / SCORES_FILE  # a finished run never changes (a retrain deletes the folder): score it once
+        key = {"data_dir": str(self.data.resolve()), "metrics": "direct"}
+        if cache.is_file() and not self.args.check_beam:
+            saved = json.loads(cache.read_text())
+            if saved.get("key") == key:
+                return saved["scores"]
         if self.eval_set is None:
             self.eval_set = scoring.load_eval_set(self.data)
         direct = scoring.score_run_direct(run, self.eval_set)
@@ -166,6 +173,7 @@ class Bench:
             diff = scoring.max_difference(direct, beam)
             self.beam_check = {"run": str(run), "max_abs_difference": diff, "direct": direct, "beam": beam}
             self.echo(f"  beam check on {run.name}: largest |direct - beam| over towers x metrics = {diff:.3g}")
+        cache.write_text(json.dumps({"key": key, "scores": direct}, indent=1, sort_keys=True))
         return direct
 
     def run_all(self, save) -> None:

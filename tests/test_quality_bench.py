@@ -19,7 +19,7 @@ import pytest
 from rocketctr import quality_bench
 from rocketctr.quality import scoring
 from rocketctr.quality.summary import markdown, summarize
-from rocketctr.quality.variants import resolve_variants, variant_config
+from rocketctr.quality.variants import VARIANTS, resolve_variants, variant_config
 from tests import eval_fixtures as fx
 from tests.train_helpers import CONFIG, fixture_data
 
@@ -199,6 +199,7 @@ def test_a_rerun_reuses_finished_runs_and_reports_the_same_numbers(bench, capsys
     again = out.with_name("again.md")
     assert quality_bench.main(_bench_args(data, again, root)) == 0
     assert capsys.readouterr().out.count("reusing finished run") == 6
+    assert all((Path(r["run_dir"]) / quality_bench.SCORES_FILE).is_file() for r in doc["runs"])  # not re-scored
     redo = json.loads(again.with_suffix(".json").read_text())
     assert redo["summary"] == doc["summary"]
 
@@ -225,6 +226,21 @@ def test_kd_variant_gets_the_same_seed_booster_run_as_teacher_and_cost(tmp_path)
     assert row["time_ratio"] == pytest.approx(44.0 / 11.0)
     assert row["booster_auc"]["mean"] == pytest.approx(0.795)  # its teacher's
     assert row["metrics"]["auc"]["gap_recovered"] == pytest.approx(0.03 / 0.09)
+
+
+def test_rocket_then_kd_distils_the_same_seed_rocket_run_and_pays_for_it():
+    names = [v.name for v in resolve_variants(["rocket_then_kd"])]
+    assert names.index("rocket") < names.index("rocket_then_kd")  # its teacher is trained first
+    student = VARIANTS["rocket_then_kd"]
+    assert (student.mode, student.teacher) == ("kd", "rocket")
+    runs = [{"variant": v, "seed": 0, "train_seconds": t,
+             "metrics": {tw: {"auc": a, "gauc": a, "logloss": 1 - a} for tw in towers}}
+            for v, t, a, towers in [("light_alone", 10.0, 0.70, ["light"]), ("booster_alone", 30.0, 0.80, ["booster"]),
+                                    ("rocket", 25.0, 0.72, ["light", "booster"]),
+                                    ("rocket_then_kd", 11.0, 0.76, ["light"])]]
+    row = next(r for r in summarize(runs)["variants"] if r["variant"] == "rocket_then_kd")
+    assert row["train_seconds"]["mean"] == pytest.approx(36.0)  # rocket + student
+    assert row["booster_auc"]["mean"] == pytest.approx(0.72)  # the rocket run's co-trained booster
 
 
 def test_bad_variant_and_missing_data_are_clear_errors(tmp_path, capsys):

@@ -8,14 +8,14 @@ Definitions (all recomputable by hand from the JSON's `runs`):
 - gap recovered: mean paired (light_variant - light_alone) / mean paired gap (a ratio of means: per-seed
   ratios explode when one seed's gap is near zero);
 - cost: the run's train_seconds (the training loop, from RUN_DIR/metrics.json); two-stage KD adds the
-  train_seconds of its teacher (the booster-alone run of the same seed): the full two-stage cost;
+  train_seconds of its teacher (the same-seed run of its teacher variant): the full two-stage cost;
   time ratio = mean cost / mean light-alone train_seconds.
 """
 
 from __future__ import annotations
 
 from pipeline.compare import PairedDiff, mean_std, paired_diff
-from rocketctr.quality.variants import BASELINE, KD_TEACHER, REFERENCE, VARIANTS
+from rocketctr.quality.variants import BASELINE, REFERENCE, VARIANTS
 
 METRICS = ("auc", "gauc", "logloss")
 
@@ -33,10 +33,10 @@ def _diff_json(d: PairedDiff) -> dict:
 
 
 def cost_by_seed(runs: list[dict], variant: str) -> dict[int, float]:
-    """Training seconds per seed; kd adds its teacher's (same-seed booster-alone) training seconds."""
+    """Training seconds per seed; a kd student adds its teacher's (same-seed teacher run) training seconds."""
     own = {r["seed"]: r["train_seconds"] for r in runs if r["variant"] == variant}
     if VARIANTS[variant].needs_teacher:
-        teacher = {r["seed"]: r["train_seconds"] for r in runs if r["variant"] == KD_TEACHER}
+        teacher = {r["seed"]: r["train_seconds"] for r in runs if r["variant"] == VARIANTS[variant].teacher}
         return {s: t + teacher[s] for s, t in own.items() if s in teacher}
     return own
 
@@ -48,7 +48,7 @@ def served_tower(variant: str) -> str:
 
 def booster_by_seed(runs: list[dict], variant: str, key: str) -> dict[int, float | None]:
     """The variant's own booster metric; for kd its teacher's (it has no booster of its own)."""
-    source = KD_TEACHER if VARIANTS[variant].needs_teacher else variant
+    source = VARIANTS[variant].teacher if VARIANTS[variant].needs_teacher else variant
     return _by_seed(runs, source, "booster", key)
 
 

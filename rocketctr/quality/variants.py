@@ -26,6 +26,7 @@ class Variant:
     experiment: str  # experiment name inside the training config
     mode: str  # train.mode forced for this variant
     what: str  # one line for the report
+    teacher: str | None = None  # kd mode: the variant whose same-seed run's booster is the frozen teacher
 
     @property
     def needs_teacher(self) -> bool:
@@ -44,8 +45,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("rocket_hint_into_shared", "hint_into_shared", "rocket", "rocket, hint gradient also reaches the "
             "shared embeddings"),
     Variant("rocket_no_shared_embeddings", "no_shared_embeddings", "rocket", "rocket without parameter sharing"),
-    Variant("kd_two_stage", "kd", "kd", "two-stage KD: booster-alone (same seed) as frozen teacher, then student"),
+    Variant("kd_two_stage", "kd", "kd", "two-stage KD: booster-alone (same seed) as frozen teacher, then student",
+            teacher=KD_TEACHER),
     Variant("rocket_hint_mse_plus_kd", "hint_mse_plus_kd", "rocket", "rocket with hint mse_logits + kd"),
+    Variant("rocket_then_kd", "kd", "kd", "rocket (same seed), then a KD student of its co-trained booster: one "
+            "co-training job yields the teacher", teacher="rocket"),
 )}
 DEFAULT_VARIANTS = tuple(VARIANTS)
 
@@ -58,6 +62,7 @@ def resolve_variants(names: list[str] | None) -> list[Variant]:
     if unknown:
         raise ValueError(f"--variants: unknown {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     wanted |= {BASELINE, REFERENCE}
+    wanted |= {VARIANTS[n].teacher for n in wanted if VARIANTS[n].teacher}  # a student's teacher runs first
     return [v for name, v in VARIANTS.items() if name in wanted]
 
 
@@ -72,7 +77,7 @@ def variant_config(config: str | Path, variant: Variant, seed: int, overrides: d
                    teacher_run: str | Path | None = None) -> RunConfig:
     """RunConfig of one (variant, seed): config base <- experiment <- --set overrides <- mode, seed, teacher."""
     if variant.needs_teacher and teacher_run is None:
-        raise ValueError(f"variant {variant.name}: needs the {KD_TEACHER} run of seed {seed} as its teacher")
+        raise ValueError(f"variant {variant.name}: needs the {variant.teacher} run of seed {seed} as its teacher")
     own: dict = {"train": {"mode": variant.mode, "seed": seed}}
     if teacher_run is not None:
         own["train"]["teacher_run"] = str(teacher_run)
