@@ -31,7 +31,7 @@ class ModelRef:
 
     label: str  # unique within one eval
     path: str
-    role: str  # candidate | baseline
+    role: str  # candidate | baseline | reference (scored alongside, not gated)
     group: str  # e.g. "<config name>/light": runs differing only in seed share it
     tower: str | None = None
     seed: int | None = None

@@ -38,7 +38,7 @@ def evaluate(model: str | Path, data_dir: str | Path, out_dir: str | Path, *, sp
              slice_feature: str | None = None, baseline: str | Path | None = None,
              min_gauc_lift: float | None = None, name: str | None = None, batch_size: int = 1024,
              logit_step: float = DEFAULT_LOGIT_STEP, calibration_bins: int = 10,
-             beam_args: list[str] | None = None) -> Path:
+             beam_args: list[str] | None = None, also: list[str | Path] | None = None) -> Path:
     """Run the eval job and write EVAL_DIR/{metrics.json, report.md, *.png}; returns EVAL_DIR."""
     spec = load_spec(artifacts.spec_copy_path(data_dir))
     shards = artifacts.list_shards(data_dir, split)
@@ -51,6 +51,8 @@ def evaluate(model: str | Path, data_dir: str | Path, out_dir: str | Path, *, sp
     refs = resolve_model(model, "candidate", name)
     if baseline is not None:
         refs += resolve_model(baseline, "baseline")
+    for other in also or ():  # more models scored on the same rows in the same pass (not part of the gate)
+        refs += resolve_model(other, "reference")
     refs = unique_labels(refs)
     warnings = spec_warnings(spec, refs)
     out = Path(out_dir)
@@ -202,6 +204,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="EVAL_DIR for metrics.json, report.md and plots (default: RUN_DIR/eval for a run dir)")
     p.add_argument("--slice", dest="slice_feature", help="also report metrics per value of this categorical feature")
     p.add_argument("--baseline", help="another MODEL scored in the same job (the gate's reference)")
+    p.add_argument("--also", action="append", default=[], metavar="MODEL",
+                   help="more MODELs scored in the same job for comparison (repeatable; not part of the gate)")
     p.add_argument("--min-gauc-lift", type=float, help="fail (exit 1) when candidate GAUC - baseline GAUC < this")
     p.add_argument("--name", help="label of the candidate (default: from the path / run config)")
     p.add_argument("--batch-size", type=int, default=1024, help="RunInference max batch size")
@@ -225,7 +229,7 @@ def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
         evaluate(args.model, args.data, out, split=args.split, slice_feature=args.slice_feature,
                  baseline=args.baseline, min_gauc_lift=args.min_gauc_lift, name=args.name,
                  batch_size=args.batch_size, logit_step=args.logit_step, calibration_bins=args.calibration_bins,
-                 beam_args=[f"--runner={args.runner}", *[a for a in beam_args if a != "--"]])
+                 beam_args=[f"--runner={args.runner}", *[a for a in beam_args if a != "--"]], also=args.also)
     except (ModelResolveError, artifacts.ArtifactError, SpecError, ValueError) as e:
         print(f"rocketctr eval: {e}", file=sys.stderr)
         return BAD_INPUT

@@ -13,15 +13,23 @@ def test_demo_runs_every_stage_on_a_small_log(tmp_path):
     result = run_demo(tmp_path / "demo", rows=20_000, candidates=50, users=2,
                       echo=lambda *a, **k: lines.append(" ".join(map(str, a))))
     out = result.out_dir
-    assert list(result.stages) and len(result.stages) == 7
-    assert any(line.startswith("[7/7] report: done") for line in lines)
+    assert list(result.stages) and len(result.stages) == 8
+    assert any(line.startswith("[8/8] report: done") for line in lines)
     manifest = json.loads((out / "data" / "manifest.json").read_text())
     assert manifest["rows"]["read"] == 20_000
-    for run in ("light", "rocket"):
+    for run in ("light", "rocket", "distilled"):
         assert (out / "runs" / run / "metrics.json").exists()
+    # the served light net is the one with the better validation AUC, and the eval scored every candidate
+    val = {r: json.loads((out / "runs" / r / "metrics.json").read_text())["validation"]["best"]
+           for r in ("rocket", "distilled")}
+    assert result.exported == max(val, key=val.get)
+    assert json.loads((out / "models" / "rocketctr" / "1" / "assets.extra" / "rocketctr.json").read_text())["run"][
+        "run_dir"].endswith(result.exported)
     assert (out / "models" / "rocketctr" / "1" / "saved_model.pb").exists()
     models = result.eval_metrics["models"]
     assert {m["tower"] for m in models.values()} >= {"light", "booster"}
+    assert {m["role"] for m in models.values()} == {"candidate", "baseline", "reference"}
+    assert sum(m["tower"] == "light" for m in models.values()) == 3  # light-alone, rocket-light, student
     for m in models.values():
         assert 0.0 <= m["metrics"]["auc"] <= 1.0 and m["metrics"]["logloss"] > 0
     assert result.latency_ms["p50"] > 0 and result.latency_ms["p99"] >= result.latency_ms["p50"]
