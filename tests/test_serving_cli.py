@@ -115,4 +115,8 @@ def test_bench_serve_prints_a_table(base, capsys):
                  "--sizes", "1,3", "--signatures", "score_candidates,serving_default", "--no-grpc"]) == 0
     out = capsys.readouterr().out
     assert "| light | score_candidates | 3 |" in out and "| booster | serving_default | 1 |" in out
-    assert "booster/light" in out and "parameters" in out
+    assert "booster/light" in out and "parameters" in out and "in-process CPU ms" in out
+    # the same export on both sides: every ratio is a ratio of like with like, so finite and positive
+    ratios = [float(c.strip()[:-1]) for line in out.splitlines() if line.startswith("| score_candidates |")
+              for c in line.split("|")[3:-1]]
+    assert len(ratios) == 2 * 4 and all(r > 0 for r in ratios)
