@@ -21,14 +21,15 @@ def test_demo_runs_every_stage_on_a_small_log(tmp_path):
         assert (out / "runs" / run / "metrics.json").exists()
     # the served light net is the one with the better validation AUC, and the eval scored every candidate
     val = {r: json.loads((out / "runs" / r / "metrics.json").read_text())["validation"]["best"]
-           for r in ("rocket", "distilled")}
+           for r in ("rocket", "distilled", "light")}
     assert result.exported == max(val, key=val.get)
     assert json.loads((out / "models" / "rocketctr" / "1" / "assets.extra" / "rocketctr.json").read_text())["run"][
         "run_dir"].endswith(result.exported)
     assert (out / "models" / "rocketctr" / "1" / "saved_model.pb").exists()
     models = result.eval_metrics["models"]
     assert {m["tower"] for m in models.values()} >= {"light", "booster"}
-    assert {m["role"] for m in models.values()} == {"candidate", "baseline", "reference"}
+    assert {m["role"] for m in models.values()} == ({"candidate", "baseline", "reference"}
+                                                     if result.exported != "light" else {"candidate", "reference"})
     assert sum(m["tower"] == "light" for m in models.values()) == 3  # light-alone, rocket-light, student
     for m in models.values():
         assert 0.0 <= m["metrics"]["auc"] <= 1.0 and m["metrics"]["logloss"] > 0
@@ -40,3 +41,18 @@ def test_demo_runs_every_stage_on_a_small_log(tmp_path):
     port = int(result.latency_ms["target"].rsplit(":", 1)[1])
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_pick_light_net_takes_the_best_validation_auc_and_never_eval(tmp_path):
+    from rocketctr.demo import pick_light_net
+
+    runs = {}
+    for name, val in (("rocket", 0.73), ("distilled", 0.75), ("light", 0.74), ("novalid", None)):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        doc = {"validation": {"best": val}, "eval": {"light": {"auc": 0.99 if name == "light" else 0.5}}}
+        (runs[name] / "metrics.json").write_text(json.dumps(doc))
+    assert pick_light_net(runs, ("rocket", "distilled", "light"))[0] == "distilled"  # eval AUC is ignored
+    assert pick_light_net(runs, ("rocket", "light"))[0] == "light"  # a transfer that loses is not shipped
+    assert pick_light_net(runs, ("novalid", "rocket"))[0] == "rocket"  # no validation figure: never picked
+    assert pick_light_net(runs, ("novalid",))[0] == "novalid"  # nothing to compare: the first
