@@ -341,3 +341,11 @@ def fixture_batch(spec: FeatureSpec, data_dir, split: str = "train", batch_size:
 
 __all__ = ["write_fixture_dataset", "synthetic_frame", "numeric_base", "tiny_spec", "TINY_SPEC_YAML",
            "fixture_batch"]
+
+
+def tiny_dataset(directory, rows: int, batch_size: int = 32) -> tuple[FeatureSpec, Path, tuple]:
+    """(tiny spec, its preprocessed fixture data, one train batch): the set-up the model tests share."""
+    directory = Path(directory)
+    spec = tiny_spec(directory)
+    data = write_fixture_dataset(spec, synthetic_frame(spec, rows, 0), directory / "data")
+    return spec, data, fixture_batch(spec, data, batch_size=batch_size)

@@ -7,7 +7,7 @@ import dataclasses
 import feature_specs  # noqa: F401
 import pytest
 import tensorflow as tf
-from fixtures_data import fixture_batch, synthetic_frame, tiny_spec, write_fixture_dataset
+from fixtures_data import tiny_dataset
 
 from models.config import LossConfig, ModelConfig, RunConfig, TowerConfig, TrainConfig
 from models.rocket import build_model
@@ -15,10 +15,7 @@ from models.rocket import build_model
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_grads")
-    spec = tiny_spec(d)
-    data = write_fixture_dataset(spec, synthetic_frame(spec, 200, 0), d / "data")
-    return spec, data, fixture_batch(spec, data, batch_size=32)
+    return tiny_dataset(tmp_path_factory.mktemp("tiny_grads"), 200)
 
 
 def _model(tiny, share: bool = True, **loss):

@@ -8,7 +8,7 @@ import feature_specs  # noqa: F401
 import numpy as np
 import pytest
 import tensorflow as tf
-from fixtures_data import fixture_batch, synthetic_frame, tiny_spec, write_fixture_dataset
+from fixtures_data import fixture_batch, synthetic_frame, tiny_dataset, tiny_spec, write_fixture_dataset
 
 from models.config import ModelConfig, OptimizerConfig, RunConfig, TowerConfig, TrainConfig
 from models.rocket import build_model
@@ -19,10 +19,7 @@ SMALL = dict(light=TowerConfig("mlp", (8,)), booster=TowerConfig("mlp", (16, 8))
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("tiny_rocket")
-    spec = tiny_spec(d)
-    data = write_fixture_dataset(spec, synthetic_frame(spec, 240, 0), d / "data")
-    return spec, data, fixture_batch(spec, data, batch_size=32)
+    return tiny_dataset(tmp_path_factory.mktemp("tiny_rocket"), 240)
 
 
 def _cfg(mode="rocket", **model) -> RunConfig:
