@@ -7,7 +7,7 @@ HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.rocketctr-$(HASH)
 PYTEST_FLAGS ?=
 
-.PHONY: demo test test-slow test-all env clean
+.PHONY: demo test test-slow test-all env clean peer-env
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,18 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_FLAGS)
+
+# Bench-only DeepCTR env for `rocketctr bench peer` (requirements-peer.txt); never part of the main env.
+PEER_VENV := .venv-peer
+PEER_STAMP := $(PEER_VENV)/.peer-$(shell sha256sum requirements-peer.txt | cut -c1-16)
+
+$(PEER_STAMP): requirements-peer.txt
+	@test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-peer.txt
+	$(PEER_VENV)/bin/python -m pip check
+	@rm -f $(PEER_VENV)/.peer-* && touch $(PEER_STAMP)
+
+peer-env: $(PEER_STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -160,7 +160,8 @@ def spec_from_dict(raw: Any, path: str = "<dict>") -> FeatureSpec:
     """Build a validated FeatureSpec from the parsed YAML mapping."""
     top = _Ctx(path, "top level")
     top.check_keys(raw, {"name", "description", "format", "label", "group_key", "weight", "timestamp",
-                         "side_tables", "split", "features"}, {"name", "format", "label", "features"})
+                         "side_tables", "split", "features", "negative_sampling_rate"},
+                   {"name", "format", "label", "features"})
     fctx = _Ctx(path, "format")
     fd = fctx.check_keys(raw["format"], {"delimiter", "header", "columns", "missing_values", "encoding"},
                          {"columns"})
@@ -191,10 +192,14 @@ def spec_from_dict(raw: Any, path: str = "<dict>") -> FeatureSpec:
     if not feats_raw:
         raise top.fail("features", "must be a non-empty list")
     features = tuple(_feature(path, i, f) for i, f in enumerate(feats_raw))
+    rate = top.typed(raw, "negative_sampling_rate", float, 1.0)
+    if not 0.0 < rate <= 1.0:
+        raise top.fail("negative_sampling_rate", f"must be in (0, 1] (the probability of keeping a train "
+                       f"negative; 1 = keep all), got {rate}")
     spec = FeatureSpec(name=top.typed(raw, "name", str), path=path, format=fmt, label=label, features=features,
                        group_key=top.typed(raw, "group_key", str), weight=top.typed(raw, "weight", str),
                        timestamp=top.typed(raw, "timestamp", str), side_tables=tables, split=split,
-                       description=top.typed(raw, "description", str, ""))
+                       description=top.typed(raw, "description", str, ""), negative_sampling_rate=rate)
     _cross_check(spec)
     return spec
 
@@ -238,11 +243,51 @@ def load_spec(path: str | os.PathLike) -> FeatureSpec:
         p = SPEC_DIR / f"{p}.yaml"
     if not p.exists():
         raise SpecError(f"{path}: spec file not found")
+    return spec_from_dict(resolved_raw(p), str(p))
+
+
+def _read_yaml(p: Path) -> Any:
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise SpecError(f"{p}: not valid YAML: {e}") from None
-    return spec_from_dict(raw, str(p))
+
+
+def resolved_raw(p: Path, _seen: tuple[str, ...] = ()) -> Any:
+    """The spec's mapping with `extends: <spec>` resolved: the named spec (a shipped name or a path next to this
+    file) with this file's top-level keys deep-merged over it. Why: a variant of a log (its cold-start split, a
+    sampled copy) states only what differs, so the two cannot drift apart."""
+    raw = _read_yaml(p)
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw
+    parent = str(raw.pop("extends"))
+    base = p.parent / parent if (p.parent / parent).is_file() else SPEC_DIR / f"{parent}.yaml"
+    if not base.is_file():
+        raise SpecError(f"{p}: top level: key 'extends': no spec {parent!r} (neither {p.parent / parent} nor a "
+                        f"shipped spec)")
+    if str(base.resolve()) in _seen:
+        raise SpecError(f"{p}: top level: key 'extends': a cycle through {base}")
+    return deep_merge(resolved_raw(base, _seen + (str(base.resolve()),)), raw)
+
+
+def resolved_text(path: str | os.PathLike) -> str:
+    """The spec file's text, or for a spec that `extends` another the resolved YAML: what a data folder keeps as
+    its spec.yaml, so it never depends on a spec file that may later change."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    raw = _read_yaml(p)
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return text
+    return f"# resolved from {p.name} (extends {raw['extends']})\n" + yaml.safe_dump(
+        resolved_raw(p), sort_keys=False, allow_unicode=True)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` merged into `base` key by key (nested mappings merged, anything else replaced)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def spec_to_dict(spec: FeatureSpec) -> dict:
@@ -252,8 +297,14 @@ def spec_to_dict(spec: FeatureSpec) -> dict:
 
 
 def spec_hash(spec: FeatureSpec) -> str:
-    """A stable hash of the spec's content (not its path), recorded in manifests and exports."""
-    blob = json.dumps(spec_to_dict(spec), sort_keys=True, default=str).encode()
+    """A stable hash of the spec's content (not its path), recorded in manifests and exports.
+
+    negative_sampling_rate counts only when it samples (< 1), so specs without it keep the hash they had
+    before the field existed (recorded hashes of older data and runs still match)."""
+    d = spec_to_dict(spec)
+    if d.get("negative_sampling_rate") == 1.0:
+        d.pop("negative_sampling_rate")
+    blob = json.dumps(d, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

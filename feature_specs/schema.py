@@ -120,6 +120,9 @@ class FeatureSpec:
     side_tables: tuple[SideTable, ...] = ()
     split: Split = field(default_factory=Split)
     description: str = ""
+    # Probability with which the preprocessing job keeps each TRAIN-split negative (1.0: no down-sampling).
+    # The eval split is never sampled; the exported CTR undoes the sampling with logit += log(rate).
+    negative_sampling_rate: float = 1.0
 
     # ---- convenient views used by every stage -------------------------------------------------
     def feature(self, name: str) -> Feature:

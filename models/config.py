@@ -20,6 +20,10 @@ LIGHT_KINDS = ("lr", "fm", "mlp")
 BOOSTER_KINDS = ("mlp", "dcn", "din")
 OPTIMIZERS = ("adam", "adagrad", "sgd", "ftrl")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "parameter_server")
+CALIBRATIONS = ("platt", "none")
+# what the two towers share (the paper's two schemes): "bottom" the embedding tables; "interval" the tables plus the
+# first hidden layer (models/interval.py)
+SHARINGS = ("bottom", "interval")
 
 
 class ConfigError(ValueError):
@@ -61,10 +65,14 @@ class LossConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     share_embeddings: bool = True  # off: the light tower gets its own embedding tables
+    sharing: str = "bottom"  # one of SHARINGS; interval: rocket mode, mlp towers with equal first widths
     light: TowerConfig = field(default_factory=lambda: TowerConfig(kind="mlp", hidden=(64,)))
     booster: TowerConfig = field(default_factory=lambda: TowerConfig(kind="mlp", hidden=(512, 256, 128)))
     loss: LossConfig = field(default_factory=LossConfig)
     embedding_l2: float = 0.0
+    # set: every feature's embedding width (overrides the spec's per-feature embedding_dim, so a search or an
+    # experiment can vary it without a second spec; models.embeddings.with_embedding_dim); null: the spec's
+    embedding_dim: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,9 @@ class TrainConfig:
     light_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     booster_optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     early_stopping_patience: int = 0  # in epochs, on the light net's validation AUC; 0 = off
-    validation_fraction: float = 0.05  # train rows held out (hash of the group key) for early stopping / selection
+    # train rows held out for early stopping / selection, cut the way the spec's eval split is (models/holdout.py)
+    validation_fraction: float = 0.05
+    cache_max_mb: float = 2048.0  # parse the train split once and keep it in memory up to this size; 0 = stream
     per_tower_early_stopping: bool = False  # freeze the booster once its own validation AUC stops improving
     checkpoint_every_steps: int = 500
     eval_max_steps: int | None = None
@@ -87,6 +97,9 @@ class TrainConfig:
     strategy: str = "default"
     skip_corrupt_shards: bool = False
     log_every_steps: int = 100
+    # served-score calibration fitted on the validation slice at the end of training (models.calibration):
+    # platt = sigmoid(a * z + b) baked into the exports; none = the raw logit (the sampling correction stays)
+    calibration: str = "platt"
 
 
 @dataclass(frozen=True)
@@ -99,9 +112,13 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         _choice("train.mode", self.train.mode, MODES)
         _choice("train.strategy", self.train.strategy, STRATEGIES)
+        _choice("train.calibration", self.train.calibration, CALIBRATIONS)
         _choice("model.loss.hint", self.model.loss.hint, HINTS)
         _choice("model.light.kind", self.model.light.kind, LIGHT_KINDS)
         _choice("model.booster.kind", self.model.booster.kind, BOOSTER_KINDS)
+        _choice("model.sharing", self.model.sharing, SHARINGS)
+        if self.model.sharing == "interval":
+            _check_interval(self.model)
         for part in ("embedding_optimizer", "light_optimizer", "booster_optimizer"):
             _choice(f"train.{part}.name", getattr(self.train, part).name, OPTIMIZERS)
         if self.train.batch_size < 1 or self.train.epochs < 1:
@@ -109,11 +126,30 @@ class RunConfig:
                               f"{self.train.epochs})")
         if not 0.0 <= self.train.validation_fraction < 1.0:
             raise ConfigError(f"train.validation_fraction must be in [0, 1), got {self.train.validation_fraction}")
+        if self.model.embedding_dim is not None and not 1 <= self.model.embedding_dim <= 1024:
+            raise ConfigError(f"model.embedding_dim must be in 1..1024 (or null for the spec's), got "
+                              f"{self.model.embedding_dim}")
         if self.model.loss.hint_weight < 0:
             raise ConfigError(f"model.loss.hint_weight must be >= 0, got {self.model.loss.hint_weight}")
         if self.train.mode == "kd" and not self.train.teacher_run:
             raise ConfigError("train.teacher_run: mode 'kd' needs a finished booster run to use as the teacher")
         return self
+
+
+def _check_interval(m: ModelConfig) -> None:
+    """Interval sharing is ONE first layer read by both towers: both must be MLPs whose first widths agree, over
+    shared tables (the scheme is the tables plus that layer)."""
+    for role, tower in (("light", m.light), ("booster", m.booster)):
+        if tower.kind != "mlp":
+            raise ConfigError(f"model.{role}.kind: model.sharing 'interval' shares the first hidden layer of two mlp "
+                              f"towers, got {tower.kind!r}")
+    if not m.light.hidden or not m.booster.hidden or m.light.hidden[0] != m.booster.hidden[0]:
+        raise ConfigError(f"model.light.hidden / model.booster.hidden: model.sharing 'interval' shares the first "
+                          f"hidden layer, so both need one of the same width (got {list(m.light.hidden)} and "
+                          f"{list(m.booster.hidden)})")
+    if not m.share_embeddings:
+        raise ConfigError("model.share_embeddings: model.sharing 'interval' shares the embedding tables plus the "
+                          "first hidden layer; it needs share_embeddings true")
 
 
 def _choice(key: str, value: str, options: tuple[str, ...]) -> None:

@@ -7,8 +7,8 @@ the record layout). Shards are read in parallel, interleaved, and prefetched so 
 bottleneck (`rocketctr bench train` measures it alone).
 
 Validation never touches the eval split (that one is only scored at the end): a deterministic slice of the
-*train* split is held out by a salted hash of the group key (whole users move together, like the eval split),
-or of the serialized record when the spec has no group key.
+*train* split is held out the way the eval split is cut (models/holdout.py). Small data is parsed once and
+kept in memory (models/data_cache.py); this streaming path is for data that does not fit.
 """
 
 from __future__ import annotations
@@ -17,46 +17,18 @@ import os
 import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import feature_specs  # noqa: F401  (before TensorFlow: sets the Keras flavour)
 import tensorflow as tf
 
 from feature_specs import artifacts, derive
 from feature_specs.schema import FeatureSpec
+from models.holdout import Holdout, holdout_for  # noqa: F401  (re-exported: the slice every reader applies)
 
-ROLES = ("all", "train", "validation")
-_HASH_BUCKETS = 1_000_000
-_SALT = "rocketctr-validation:"  # differs from the eval split's hash so the holdout is not empty/biased
 
 
 class CorruptShardError(RuntimeError):
     """A TFRecord shard is corrupt or truncated; the message names the file(s)."""
-
-
-@dataclass(frozen=True)
-class Holdout:
-    """Which rows of the train split are the validation slice: hash(salt + key) < fraction."""
-
-    fraction: float = 0.0
-    role: str = "all"  # all: no filtering; train: drop the slice; validation: keep only the slice
-
-    def __post_init__(self) -> None:
-        if self.role not in ROLES:
-            raise ValueError(f"holdout role {self.role!r} is not one of {ROLES}")
-        if not 0.0 <= self.fraction < 1.0:
-            raise ValueError(f"holdout fraction must be in [0, 1), got {self.fraction}")
-
-    @property
-    def active(self) -> bool:
-        return self.role != "all" and self.fraction > 0.0
-
-    def in_slice(self, spec: FeatureSpec, serialized: tf.Tensor, parsed: dict) -> tf.Tensor:
-        """Boolean [N]: True for rows in the validation slice."""
-        gk = derive.group_key_field(spec)
-        key = parsed[gk] if gk is not None else serialized
-        bucket = tf.strings.to_hash_bucket_fast(tf.strings.join([_SALT, key]), _HASH_BUCKETS)
-        return bucket < int(round(self.fraction * _HASH_BUCKETS))
 
 
 def shard_files(data_dir: str | os.PathLike, split: str) -> list[str]:
@@ -115,7 +87,6 @@ def make_dataset(data_dir: str | os.PathLike, spec: FeatureSpec, split: str, bat
 def batch_parser(spec: FeatureSpec, holdout: Holdout = Holdout()):
     """A function: serialized [N] -> (features, labels, weights), vectorised over the batch."""
     pspec = derive.parse_spec(spec)
-    label, weight = spec.label.name, spec.weight
 
     def parse(serialized: tf.Tensor):
         parsed = tf.io.parse_example(serialized, pspec)
@@ -123,16 +94,22 @@ def batch_parser(spec: FeatureSpec, holdout: Holdout = Holdout()):
             keep = holdout.in_slice(spec, serialized, parsed)
             if holdout.role == "train":
                 keep = tf.logical_not(keep)
-            parsed = {k: _mask(v, keep) for k, v in parsed.items()}
-        features = derive.to_model_inputs(spec, parsed)
-        labels = tf.cast(parsed[label], tf.float32)
-        weights = tf.cast(parsed[weight], tf.float32) if weight else tf.ones_like(labels)
-        return features, labels, weights
+            parsed = {k: mask_rows(v, keep) for k, v in parsed.items()}
+        return to_batch(spec, parsed)
 
     return parse
 
 
-def _mask(t, keep: tf.Tensor):
+def to_batch(spec: FeatureSpec, parsed: dict) -> tuple[dict, tf.Tensor, tf.Tensor]:
+    """Parsed record fields -> (model features, labels float32 [N], weights float32 [N])."""
+    features = derive.to_model_inputs(spec, parsed)
+    labels = tf.cast(parsed[spec.label.name], tf.float32)
+    weights = tf.cast(parsed[spec.weight], tf.float32) if spec.weight else tf.ones_like(labels)
+    return features, labels, weights
+
+
+def mask_rows(t, keep: tf.Tensor):
+    """Rows of a parsed field (dense or ragged) where `keep` is True."""
     if isinstance(t, tf.RaggedTensor):
         return tf.ragged.boolean_mask(t, keep)
     return tf.boolean_mask(t, keep)

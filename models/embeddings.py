@@ -120,6 +120,18 @@ class EmbeddingBank(tf.keras.layers.Layer):
         return tf.nn.embedding_lookup(self.table, ids)
 
 
+def with_embedding_dim(spec: FeatureSpec, dim: int | None) -> FeatureSpec:
+    """`spec` with every feature's embedding_dim set to `dim` (config model.embedding_dim); None: the spec's own.
+
+    Applied once, where the model is built (models.rocket.build_model), so training, load_run and the export all
+    build the same tables from the run's recorded config. Only the model's copy changes: the spec file and its
+    hash (the data contract checked by resolve_spec, kd teachers and exports) stay those of the data.
+    """
+    if dim is None or all(f.embedding_dim == dim for f in spec.features):
+        return spec
+    return replace(spec, features=tuple(replace(f, embedding_dim=dim) for f in spec.features))
+
+
 def table_parts(spec: FeatureSpec, share: bool) -> dict[str, dict[str, str]]:
     """tower -> table key -> part that owns the table the tower reads."""
     readers: dict[str, set[str]] = {}

@@ -44,16 +44,25 @@ def logloss(labels: np.ndarray, logits: np.ndarray) -> float:
 
 def score_dataset(call: Callable[[dict], dict], ds: tf.data.Dataset) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Labels and every logit `call(features)` returns ({"light_logit": [N], ...}) over the whole dataset."""
+    labels, logits, _ = score_dataset_weighted(call, ds)
+    return labels, logits
+
+
+def score_dataset_weighted(call: Callable[[dict], dict], ds: tf.data.Dataset
+                           ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """score_dataset plus the example weights (what calibration is fitted and measured with, like the loss)."""
     relaxed = {k: tf.TensorSpec([None] * v.shape.rank, v.dtype) for k, v in ds.element_spec[0].items()}
     fn = tf.function(lambda x: call(x), input_signature=[relaxed])  # one trace for every batch shape
-    labels, logits = [], {}
-    for x, y, _w in ds:
+    labels, logits, weights = [], {}, []
+    for x, y, w in ds:
         out = fn(x)
         labels.append(y.numpy())
+        weights.append(tf.reshape(w, [-1]).numpy())
         for k, v in out.items():
             logits.setdefault(k, []).append(tf.reshape(v, [-1]).numpy())
     return (np.concatenate(labels) if labels else np.zeros(0),
-            {k: np.concatenate(v) for k, v in logits.items()})
+            {k: np.concatenate(v) for k, v in logits.items()},
+            np.concatenate(weights) if weights else np.zeros(0))
 
 
 def tower_metrics(labels: np.ndarray, logits: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:

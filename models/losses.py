@@ -71,7 +71,7 @@ def rocket_loss(labels: tf.Tensor, z_light: tf.Tensor | None, z_booster: tf.Tens
     """total, light_bce, booster_bce, hint, hint_weight (+ regularization).
 
     z_light_hint: the light logit to use inside the hint (hint_into_shared off: computed on stop-gradient
-    shared embeddings); defaults to z_light. include_booster_bce=False when z_booster is a frozen teacher
+    shared embeddings and, with interval sharing, a stop-gradient shared first layer); defaults to z_light. include_booster_bce=False when z_booster is a frozen teacher
     (kd mode): its BCE is reported but not part of the objective.
     """
     zero = tf.constant(0.0)

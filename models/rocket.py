@@ -2,8 +2,8 @@
 
 Modes: rocket (co-training with the hint), light / booster (one tower alone: the baselines), kd (the light
 net against a frozen teacher: two-stage distillation). train_step uses one GradientTape and one optimizer
-per part (embedding tables / light / booster), each applying its own gradients inside the step, which is
-the pattern tf.distribute strategies support under Keras fit.
+per part (embedding tables / light, which also owns interval sharing's first layer / booster), each applying
+its own gradients inside the step, which is the pattern tf.distribute strategies support under Keras fit.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import tensorflow as tf
 from feature_specs import derive
 from feature_specs.schema import TOWERS, FeatureSpec
 from models.config import RunConfig
-from models.embeddings import Embedder, Fields
+from models.calibration import Calibration
+from models.embeddings import Embedder, Fields, with_embedding_dim
 from models.inputs import FeatureInputs, build_feature_inputs
+from models.interval import SharedDense, build_interval
 from models.losses import rocket_loss
 from models.teacher import Teacher, as_teacher, make_optimizer
 from models.towers import build_tower
@@ -28,11 +30,14 @@ MODE_TOWERS = {"rocket": ("light", "booster"), "light": ("light",), "booster": (
 
 
 class TowerPath(tf.Module):
-    """Everything one tower's scoring needs (its encoders, the banks it reads, the tower), nothing else."""
+    """Everything one tower's scoring needs (its encoders, the banks it reads, the tower, the shared layers it
+    reads: interval sharing's first layer, which the tower itself does not own), nothing else."""
 
-    def __init__(self, tower_name: str, inputs: FeatureInputs, embedder: Embedder, tower: tf.keras.layers.Layer):
+    def __init__(self, tower_name: str, inputs: FeatureInputs, embedder: Embedder, tower: tf.keras.layers.Layer,
+                 shared: tuple[tf.keras.layers.Layer, ...] = ()):
         super().__init__(name=f"{tower_name}_path")
         self.tower_name, self.inputs, self.embedder, self.tower = tower_name, inputs, embedder, tower
+        self.shared = list(shared)
 
     @NO_AUTOGRAPH
     def logits(self, features: dict[str, tf.Tensor], training: bool = False) -> tf.Tensor:
@@ -75,7 +80,7 @@ class TowerPath(tf.Module):
 
     @property
     def parts(self) -> list[tf.Module]:
-        return [self.inputs, self.embedder, self.tower]
+        return [self.inputs, self.embedder, self.tower, *self.shared]
 
 
 class _Holder:
@@ -98,9 +103,15 @@ class RocketModel(tf.keras.Model):
         self.feature_inputs = inputs
         self.embedder = Embedder(spec, inputs, self.tower_names, cfg.model.share_embeddings, cfg.train.seed,
                                  name="embedder")
-        self.light = build_tower("light", cfg.model.light, spec, cfg.train.seed + 100) \
+        # interval sharing needs two towers to share with: light / booster / kd models build their own first layers
+        first: dict[str, tf.keras.layers.Layer] = {}
+        self.interval_layer: SharedDense | None = None
+        if cfg.model.sharing == "interval" and self.tower_names == ("light", "booster"):
+            self.interval_layer, first = build_interval(self.embedder, self.tower_names, cfg.model.light.hidden[0],
+                                                        cfg.train.seed + 300)
+        self.light = build_tower("light", cfg.model.light, spec, cfg.train.seed + 100, first.get("light")) \
             if "light" in self.tower_names else None
-        self.booster = build_tower("booster", cfg.model.booster, spec, cfg.train.seed + 200) \
+        self.booster = build_tower("booster", cfg.model.booster, spec, cfg.train.seed + 200, first.get("booster")) \
             if "booster" in self.tower_names else None
         self._teacher = _Holder(teacher)
         self._paths = _Holder({})
@@ -144,7 +155,8 @@ class RocketModel(tf.keras.Model):
 
     @property
     def shared_variables(self) -> list[tf.Variable]:
-        return self.embedder.parts_variables("shared")
+        layer = list(self.interval_layer.variables) if self.interval_layer is not None else []
+        return self.embedder.parts_variables("shared") + layer
 
     @property
     def light_variables(self) -> list[tf.Variable]:
@@ -181,9 +193,24 @@ class RocketModel(tf.keras.Model):
             raise ValueError(f"a model trained in mode {self.mode!r} has no {tower} tower (has {self.tower_names})")
         if tower not in self._paths.value:
             names = tuple(f.name for f in self.spec.for_tower(tower))
+            shared = (self.interval_layer,) if self.interval_layer is not None else ()
             self._paths.value[tower] = TowerPath(tower, self.feature_inputs.subset(names), self.embedder.view(tower),
-                                                 getattr(self, tower))
+                                                 getattr(self, tower), shared)
         return self._paths.value[tower]
+
+    def attach_calibration(self) -> Calibration:
+        """The per-tower served-logit maps a * z + b + log(r) (models.calibration), created at identity on
+        first use. Attached after construction on purpose: a checkpoint without them (every periodic one, and
+        runs from before calibration) restores under assert_existing_objects_matched unchanged, and a final
+        checkpoint with them hands their values over when they are attached after the restore (TensorFlow's
+        restore-on-create; models.run.load_run)."""
+        if "calibration" not in self.__dict__:
+            self.calibration = Calibration(self.tower_names, self.spec.negative_sampling_rate)
+        return self.calibration
+
+    def calibrated_logits(self, tower: str, features: dict[str, tf.Tensor]) -> tf.Tensor:
+        """The logit the export serves for `tower`: calibrated and corrected for negative sampling."""
+        return self.attach_calibration().towers[tower](self.tower_path(tower).logits(features))
 
     def light_parts(self) -> list[tf.Module]:
         return self.tower_path("light").parts
@@ -217,11 +244,14 @@ class RocketModel(tf.keras.Model):
         if self.mode == "kd":
             z_booster = out["teacher_logit"] = self._teacher.value(features)
         z_hint = None
-        # hint_into_shared protects a co-trained booster that reads the same tables; a kd student's tables
-        # serve no one else, so there the hint always trains them (blocking it cost KD its whole gain)
+        # hint_into_shared protects a co-trained booster that reads the same tables (and, interval sharing, the
+        # same first layer); a kd student's tables serve no one else, so there the hint always trains them
+        # (blocking it cost KD its whole gain)
+        shared_layer = self.interval_layer is not None
         if self.mode == "rocket" and z_booster is not None and not loss_cfg.hint_into_shared \
-                and any(b.part == "shared" for b in fields["light"].blocks):
-            z_hint = self.light(fields["light"].stop_gradient(("shared",)), training=training)
+                and (shared_layer or any(b.part == "shared" for b in fields["light"].blocks)):
+            frozen = {"frozen_shared": True} if shared_layer else {}
+            z_hint = self.light(fields["light"].stop_gradient(("shared",)), training=training, **frozen)
         reg = [getattr(self, t).l2_loss() for t in self.tower_names]
         if self.cfg.model.embedding_l2:
             reg += [self.cfg.model.embedding_l2 * tf.reduce_mean(fields[t].squared_norm()) for t in self.tower_names]
@@ -243,9 +273,12 @@ class RocketModel(tf.keras.Model):
             opt.build(variables)
 
     def _optimizer_groups(self) -> list[tuple[tf.keras.optimizers.Optimizer, list[tf.Variable]]]:
+        """Disjoint groups: the embedding optimizer owns the tables, each tower's its own layers, and the light
+        optimizer interval sharing's first layer (why: models/interval.py)."""
         groups = [(self.embedding_optimizer, [w for b in self.embedder.banks.values() for w in b.trainable_weights])]
         for t in self.tower_names:
-            groups.append((getattr(self, f"{t}_optimizer"), getattr(self, t).trainable_weights))
+            shared = self.interval_layer.trainable_weights if t == "light" and self.interval_layer is not None else []
+            groups.append((getattr(self, f"{t}_optimizer"), getattr(self, t).trainable_weights + shared))
         return [(opt, vs) for opt, vs in groups if vs]
 
     @staticmethod
@@ -306,4 +339,5 @@ def build_model(spec: FeatureSpec, data_dir: str | os.PathLike, cfg: RunConfig, 
     if cfg.train.mode == "kd":
         teacher = as_teacher(teacher if teacher is not None else cfg.train.teacher_run, spec) \
             if (teacher is not None or cfg.train.teacher_run) else None
+    spec = with_embedding_dim(spec, cfg.model.embedding_dim)  # after the teacher check: that uses the data's spec
     return RocketModel(spec, build_feature_inputs(spec, data_dir, names), cfg, teacher)

@@ -136,6 +136,9 @@ def load_run(run_dir: str | os.PathLike) -> LoadedRun:
         raise RunError(f"{root}: no checkpoint under {paths.final} or {paths.checkpoints} (did training finish?)")
     model = build_for(spec, data_dir, scoring_config(cfg))
     tf.train.Checkpoint(model=model).restore(ckpt_path).expect_partial().assert_existing_objects_matched()
+    # after the restore: a final checkpoint's Platt parameters are restored on creation; a checkpoint without
+    # them (an older run, or one that never reached the end) leaves the identity (models.rocket)
+    model.attach_calibration()
     return LoadedRun(spec=spec, cfg=cfg, data_dir=data_dir, model=model, run_dir=root)
 
 

@@ -5,9 +5,14 @@ layers), so a light export carries no booster variable, and its preprocessing is
 models.inputs code the model trained with.
 
 Signatures:
-  serving_default(examples: string [N])            -> {ctr, logit}  (serialized tf.Example; extra keys ignored)
-  predict_raw(<feature>: model input tensors)      -> {ctr, logit}
-  score_candidates(user/context batch 1, item batch N) -> {ctr, logit} [N]  (only when the spec has item features)
+  serving_default(examples: string [N])            -> {ctr, logit, logit_uncalibrated}  (serialized tf.Example;
+                                                      extra keys ignored)
+  predict_raw(<feature>: model input tensors)      -> {ctr, logit, logit_uncalibrated}
+  score_candidates(user/context batch 1, item batch N) -> the same, [N]  (only when the spec has item features)
+
+`logit` is the served, calibrated logit a * z + b + log(r) (Platt fitted on the validation slice, then the
+negative down-sampling correction; models.calibration) and ctr = sigmoid(logit); `logit_uncalibrated` is the
+tower's raw z, which the offline eval uses to report calibration before/after and a kd student learns from.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import tensorflow as tf
 
 from feature_specs import derive
 from feature_specs.schema import FeatureSpec
+from models.calibration import TowerCalibration
 
 TrackableResource = tf.saved_model.experimental.TrackableResource
 
@@ -27,9 +33,11 @@ USER_SIDES = ("user", "context")
 ITEM_SIDES = ("item",)
 
 
-def _outputs(logit: tf.Tensor) -> dict[str, tf.Tensor]:
-    logit = tf.identity(logit, name="logit")
-    return {"ctr": tf.sigmoid(logit), "logit": logit}
+def _outputs(logit: tf.Tensor, calibration: TowerCalibration) -> dict[str, tf.Tensor]:
+    """The same three outputs for every signature: the calibrated logit, its CTR, and the raw logit."""
+    raw = tf.identity(logit, name="logit_uncalibrated")
+    served = tf.identity(calibration(raw), name="logit")
+    return {"ctr": tf.sigmoid(served), "logit": served, "logit_uncalibrated": raw}
 
 
 class _Untracked:
@@ -42,9 +50,12 @@ class _Untracked:
 class TowerModule(tf.Module):
     """One tower's scoring path plus its serving functions."""
 
-    def __init__(self, spec: FeatureSpec, path, tower: str):
+    def __init__(self, spec: FeatureSpec, path, tower: str, calibration: TowerCalibration | None = None):
         super().__init__(name=f"{tower}_tower")
         self.spec_name, self.tower = spec.name, tower
+        # the served-logit map (its a, b variables travel with the tower); identity for a bare path
+        self.calibration = calibration if calibration is not None else TowerCalibration(
+            tower, spec.negative_sampling_rate)
         # Track the path's state (variables, lookup tables), not its Keras layers: the layers would be
         # re-traced by the Keras SavedModel serializer for nothing (seconds per export).
         self._path = _Untracked(path)
@@ -61,11 +72,11 @@ class TowerModule(tf.Module):
         @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
         def serving_default(examples):
             parsed = tf.io.parse_example(examples, parse)
-            return _outputs(self.logit(derive.to_model_inputs(spec, parsed)))
+            return _outputs(self.logit(derive.to_model_inputs(spec, parsed)), self.calibration)
 
         @tf.function(autograph=False, input_signature=[derive.serving_input_specs(spec)])
         def predict_raw(features):
-            return _outputs(self.logit(features))
+            return _outputs(self.logit(features), self.calibration)
 
         self.serving_default = serving_default
         self.predict_raw = predict_raw
@@ -76,7 +87,7 @@ class TowerModule(tf.Module):
             @tf.function(autograph=False, input_signature=[user_specs, item_specs])
             def score_candidates(user, items):
                 # the user side is embedded once and broadcast as vectors (TowerPath.candidate_logits)
-                return _outputs(self._path.value.candidate_logits(user, items))
+                return _outputs(self._path.value.candidate_logits(user, items), self.calibration)
 
             self.score_candidates = score_candidates
 
@@ -92,7 +103,7 @@ def tower_module(model, tower: str) -> TowerModule:
     """A tf.Module tracking only `tower`'s scoring path of a RocketModel ("light" | "booster")."""
     if tower not in ("light", "booster"):
         raise ValueError(f"tower must be 'light' or 'booster', got {tower!r}")
-    return TowerModule(model.spec, model.tower_path(tower), tower)
+    return TowerModule(model.spec, model.tower_path(tower), tower, model.attach_calibration().towers[tower])
 
 
 def save_tower(model, tower: str, path: str | os.PathLike) -> Path:

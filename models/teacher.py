@@ -43,7 +43,9 @@ class Teacher:
     def __call__(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
         out = self.fn(features)
         if isinstance(out, dict):
-            for key in ("booster_logit", "logit"):
+            # the raw logit first: the student's BCE is on the (possibly down-sampled) training data, so its hint
+            # target must be on that scale, not the served one (calibrated, sampling-corrected)
+            for key in ("booster_logit", "logit_uncalibrated", "logit"):
                 if key in out:
                     out = out[key]
                     break
@@ -68,7 +70,7 @@ def as_teacher(teacher: Any, spec: FeatureSpec) -> Teacher:
     if hasattr(teacher, "signatures") and "predict_raw" in getattr(teacher, "signatures", {}):
         sig = teacher.signatures["predict_raw"]
         names = [f.name for f in spec.features]
-        return Teacher(lambda feats: sig(**{n: feats[n] for n in names})["logit"], "SavedModel predict_raw",
+        return Teacher(lambda feats: sig(**{n: feats[n] for n in names}), "SavedModel predict_raw",
                        owner=teacher)
     if hasattr(teacher, "booster_logits"):
         return Teacher(teacher.booster_logits, type(teacher).__name__)

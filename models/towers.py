@@ -64,17 +64,32 @@ def split_dense(layer: tf.keras.layers.Dense, parts: list[tuple[tf.Tensor, list[
 
 
 class MLP(tf.keras.layers.Layer):
-    """Dense-ReLU stack (with dropout); the shared body of mlp / dcn / din towers."""
+    """Dense-ReLU stack (with dropout); the shared body of mlp / dcn / din towers.
 
-    def __init__(self, tower: Tower, hidden: tuple[int, ...], dropout: float, **kw):
+    `first_layer` replaces dense_0 by a given layer of the same width (interval sharing: models/interval.py); it
+    alone accepts `frozen_shared` (read the shared variables through stop_gradient).
+    """
+
+    def __init__(self, tower: Tower, hidden: tuple[int, ...], dropout: float,
+                 first_layer: tf.keras.layers.Layer | None = None, **kw):
         super().__init__(**kw)
-        self.layers_ = [tower._dense(h, "relu", name=f"dense_{i}") for i, h in enumerate(hidden)]
+        if first_layer is not None and not hidden:
+            raise ValueError("a given first layer needs at least one hidden layer")
+        layers = []
+        for i, h in enumerate(hidden):
+            if i == 0 and first_layer is not None:
+                tower.seed += 1  # the deeper layers keep the seeds they get without it
+                layers.append(first_layer)
+            else:
+                layers.append(tower._dense(h, "relu", name=f"dense_{i}"))
+        self.layers_ = layers
+        self.shares_first = first_layer is not None
         self.dropout = [tf.keras.layers.Dropout(dropout, seed=tower.seed + i) for i in range(len(hidden))] \
             if dropout else []
 
-    def call(self, x: tf.Tensor, training: bool = False, first: int = 0) -> tf.Tensor:
+    def call(self, x: tf.Tensor, training: bool = False, first: int = 0, frozen_shared: bool = False) -> tf.Tensor:
         for i, layer in enumerate(self.layers_[first:], start=first):
-            x = layer(x)
+            x = layer(x, frozen_shared=True) if frozen_shared and i == 0 and self.shares_first else layer(x)
             if self.dropout:
                 x = self.dropout[i](x, training=training)
         return x
@@ -112,15 +127,18 @@ class FMTower(Tower):
 
 
 class MLPTower(Tower):
-    def __init__(self, cfg: TowerConfig, seed: int = 0, **kw):
+    """first_layer: a first hidden layer shared with the other tower (interval sharing), else its own dense_0."""
+
+    def __init__(self, cfg: TowerConfig, seed: int = 0, first_layer: tf.keras.layers.Layer | None = None, **kw):
         super().__init__(cfg, seed, **kw)
-        self.body = MLP(self, cfg.hidden, cfg.dropout, name="mlp")
+        self.body = MLP(self, cfg.hidden, cfg.dropout, first_layer=first_layer, name="mlp")
         self.out = self._dense(1, name="logit")
 
     splits_first_layer = True
 
-    def call(self, fields: Fields, training: bool = False) -> tf.Tensor:
-        return tf.squeeze(self.out(self.body(fields.flat(), training=training)), -1)
+    def call(self, fields: Fields, training: bool = False, frozen_shared: bool = False) -> tf.Tensor:
+        x = self.body(fields.flat(), training=training, frozen_shared=frozen_shared)
+        return tf.squeeze(self.out(x), -1)
 
     def split_logits(self, parts: list[tuple[tf.Tensor, list[int]]]) -> tf.Tensor:
         if not self.body.layers_:
@@ -202,11 +220,19 @@ LIGHT_TOWERS = {"lr": LRTower, "fm": FMTower, "mlp": MLPTower}
 BOOSTER_TOWERS = {"mlp": MLPTower, "dcn": DCNTower, "din": DINTower}
 
 
-def build_tower(role: str, cfg: TowerConfig, spec: FeatureSpec, seed: int = 0) -> Tower:
-    """The tower for `role` ("light" | "booster"); its layer name is the role (variables scoped `role/`)."""
+def build_tower(role: str, cfg: TowerConfig, spec: FeatureSpec, seed: int = 0,
+                first_layer: tf.keras.layers.Layer | None = None) -> Tower:
+    """The tower for `role` ("light" | "booster"); its layer name is the role (variables scoped `role/`).
+
+    first_layer (mlp only): the tower's first hidden layer, shared with the other tower (interval sharing).
+    """
     table = LIGHT_TOWERS if role == "light" else BOOSTER_TOWERS
     if cfg.kind not in table:
         raise ValueError(f"model.{role}.kind: {cfg.kind!r} is not one of {', '.join(table)}")
+    if first_layer is not None:
+        if cfg.kind != "mlp":
+            raise ValueError(f"model.{role}.kind: a shared first layer needs an mlp tower, got {cfg.kind!r}")
+        return MLPTower(cfg, seed, first_layer=first_layer, name=role)
     if cfg.kind == "din":
         return DINTower(cfg, spec, seed, name=role)
     return table[cfg.kind](cfg, seed, name=role)

@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from feature_specs import artifacts
 from feature_specs.schema import FeatureSpec
-from models import data, distribute, evaluate
+from models import data, data_cache, distribute, evaluate
+from models import calibration
 from models.callbacks import Progress, StepCallback, TrainState, write_scalars
 from models.config import ConfigError, RunConfig
 from models.run import RunError, RunPaths, build_for, check_resume_config, read_run_config, resolve_spec, write_json, \
@@ -54,7 +55,9 @@ class TrainingJob:
         self.cfg, self.spec, self.data_dir, self.paths = cfg, spec, data_dir, RunPaths(run_dir)
         self.strategy, self.role, self.verbose = strategy, role, verbose
         self.t = cfg.train
-        self.holdout = self.t.validation_fraction
+        self.fraction = self.t.validation_fraction
+        self.holdout = data.Holdout()  # the validation slice's rule, set by _prepare_data (time: needs the data)
+        self.cache: data_cache.CachedSplit | None = None
         self.skipped_shards: list[tuple[str, str]] = []
         self._saved_step = -1
         self.train_files = self._usable_shards("train")
@@ -141,12 +144,24 @@ class TrainingJob:
         self._saved_step = progress.global_step
 
     # ---------------------------------------------------------------------------------------- data
+    def _prepare_data(self) -> None:
+        """Cache the train split in memory when it fits (one worker, default strategy), and fix the validation
+        slice's rule: it mirrors the eval split (time / row hash / group hash, models/holdout.py)."""
+        if self.t.strategy == "default" and self.role.num_workers == 1 and not self.async_ps:
+            self.cache = data_cache.load_train_cache(self.train_files, self.spec, self.fraction,
+                                                     self.t.cache_max_mb)
+        self.holdout = self.cache.holdout if self.cache else data.holdout_for(
+            self.spec, self.fraction, "validation", files=self.train_files)
+
     def _train_ds(self, epoch: int, skip: int, take: int | None):
         if self.async_ps:
             return self._ps_train_input(epoch)
+        if self.cache:
+            return data_cache.cached_dataset(self.cache.train, self.spec, self.t.batch_size, shuffle=True,
+                                             seed=self.t.seed * 1000 + epoch, skip_batches=skip, take_batches=take)
         return data.make_dataset(
             self.data_dir, self.spec, "train", self.t.batch_size, shuffle=True, seed=self.t.seed * 1000 + epoch,
-            shuffle_buffer=self.t.shuffle_buffer, holdout=data.Holdout(self.holdout, "train"),
+            shuffle_buffer=self.t.shuffle_buffer, holdout=self.holdout.with_role("train"),
             files=self.train_files, skip_batches=skip, take_batches=take, num_workers=self.role.num_workers)
 
     def _ps_train_input(self, epoch: int) -> tf.keras.utils.experimental.DatasetCreator:
@@ -159,14 +174,18 @@ class TrainingJob:
             return data.make_dataset(
                 self.data_dir, self.spec, "train", ctx.get_per_replica_batch_size(self.t.batch_size),
                 shuffle=True, seed=self.t.seed * 1000 + epoch * 101 + i, shuffle_buffer=self.t.shuffle_buffer,
-                holdout=data.Holdout(self.holdout, "train"), files=files).repeat()
+                holdout=self.holdout.with_role("train"), files=files).repeat()
 
         return tf.keras.utils.experimental.DatasetCreator(dataset_fn)
 
     def _scoring_ds(self, split: str, role: str) -> tf.data.Dataset:
+        if split == "train" and role == "validation" and self.cache:
+            return data_cache.cached_dataset(self.cache.validation, self.spec, max(self.t.batch_size, 4096),
+                                             take_batches=self.t.eval_max_steps)
         files = self.train_files if split == "train" else self._usable_shards(split)
+        holdout = self.holdout.with_role(role) if split == "train" else data.Holdout()
         return data.make_dataset(self.data_dir, self.spec, split, self.t.batch_size, files=files,
-                                 holdout=data.Holdout(self.holdout, role), take_batches=self.t.eval_max_steps)
+                                 holdout=holdout, take_batches=self.t.eval_max_steps)
 
     def _guard(self, files: list[str], fn):
         """Run fn(); an unreadable shard becomes an error naming the file."""
@@ -184,8 +203,9 @@ class TrainingJob:
             write_run_config(self.paths.root, self.cfg, self.data_dir, self.spec)
         self._build()
         p = self._restore(resume)
+        self._prepare_data()
         resumed_at = p.global_step if resume else None
-        step_cb = StepCallback(p, self.t.batch_size * (1.0 - self.holdout), self.writers["train"],
+        step_cb = StepCallback(p, self.t.batch_size * (1.0 - self.fraction), self.writers["train"],
                                self.t.log_every_steps, self.t.checkpoint_every_steps, lambda: self._save(p))
         stopped_early = False
         while p.epoch < self.t.epochs and not self._out_of_steps(p):
@@ -214,9 +234,9 @@ class TrainingJob:
     def _steps_hint(self, p: Progress, take: int | None) -> int | None:
         if not self.exact_rows:
             return None
-        rows = artifacts.read_stats(self.data_dir).train_rows
+        rows = self.cache.train.rows if self.cache else artifacts.read_stats(self.data_dir).train_rows
         if self.async_ps:  # repeated per-worker streams: the held-out share is really gone from each pass
-            rows = int(round(rows * (1.0 - self.holdout)))
+            rows = int(round(rows * (1.0 - self.fraction)))
         n = -(-rows // self.t.batch_size) - p.step_in_epoch
         return n if take is None else min(n, take)
 
@@ -225,7 +245,7 @@ class TrainingJob:
 
     def _validate(self, p: Progress) -> bool:
         """Score the held-out slice of the train split; update early stopping. True = stop now."""
-        if self.holdout <= 0:
+        if self.fraction <= 0:
             return False
         # exact per-tower AUC/logloss (not Keras' binned streaming AUC); every worker scores the whole slice
         # with the same synchronous weights, so all of them take the same early-stopping decision
@@ -261,6 +281,7 @@ class TrainingJob:
                      p.booster_best_auc)
 
     def _finish(self, p: Progress, start: float, stopped_early: bool, resumed_at: int | None) -> None:
+        fits = self._calibrate()  # before the final checkpoint: load_run, and so every export, restores it
         final = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model),
                                            str(self.role.write_dir(self.paths.root, "checkpoints/final")),
                                            max_to_keep=1)
@@ -268,21 +289,24 @@ class TrainingJob:
         if not self.role.is_chief:
             return
         eval_files = self._usable_shards("eval")
-        labels, logits = self._guard(eval_files, lambda: evaluate.score_dataset(
+        labels, logits, weights = self._guard(eval_files, lambda: evaluate.score_dataset_weighted(
             self.model, self._scoring_ds("eval", "all")))
         towers = evaluate.tower_metrics(labels, logits)
         write_scalars(self.writers["eval"], p.global_step,
                       {f"{t}_{k}": v for t, m in towers.items() for k, v in m.items() if k != "rows"})
         exported = self._export()
         # steps x batch over-counts each epoch's last partial batch; a pass cannot exceed the split's rows
-        rows = artifacts.read_stats(self.data_dir).train_rows * (1.0 - self.holdout)
+        rows = self.cache.train.rows if self.cache else \
+            artifacts.read_stats(self.data_dir).train_rows * (1.0 - self.fraction)
         examples = min(p.examples, int(round(rows * (p.epoch + (1 if p.step_in_epoch else 0)))))
         metrics = {
             "mode": self.t.mode, "name": self.cfg.name, "eval": towers, "steps": p.global_step,
             "epochs_completed": p.epoch, "examples": examples, "train_seconds": round(p.wall_seconds, 3),
             "examples_per_sec": round(examples / p.wall_seconds, 1) if p.wall_seconds > 0 else None,
             "wall_seconds": round(time.monotonic() - start, 3), "batch_size": self.t.batch_size,
-            "validation": {"fraction": self.holdout, "metric": selection_key(self.t.mode),
+            "validation": {**self.holdout.describe(), "metric": selection_key(self.t.mode),
+                           "rows": self.cache.validation.rows if self.cache else None,
+                           "cached": self.cache is not None,
                            "best": p.best_auc if p.best_epoch >= 0 else None,
                            "best_epoch": p.best_epoch if p.best_epoch >= 0 else None,
                            "booster_frozen": bool(p.booster_frozen)},
@@ -291,8 +315,56 @@ class TrainingJob:
             "strategy": self.t.strategy, "num_workers": self.role.num_workers, "towers": exported,
             "train_rows": artifacts.read_stats(self.data_dir).train_rows,
             "steps_per_execution": self.steps_per_execution,
+            "calibration": self._calibration_report(fits, labels, logits, weights),
         }
         write_json(self.paths.metrics, metrics)
+
+    def _calibrate(self) -> dict[str, tuple[calibration.PlattFit, dict | None]]:
+        """Fit each tower's Platt map on the validation slice (models.calibration) and store it in the model.
+
+        Returns {tower: (fit, its before/after figures on the slice or None)}. Every worker scores the same
+        slice with the same weights, so all of them hold the same parameters when the final checkpoint is
+        saved. Platt sees the sampled distribution (the slice is part of the sampled train split); the
+        negative sampling correction log(r) is added on top in the graph, never fitted."""
+        with self.strategy.scope():
+            maps = self.model.attach_calibration()
+        labels = logits = weights = None
+        if self.t.validation_fraction > 0:
+            labels, logits, weights = self._guard(self.train_files, lambda: evaluate.score_dataset_weighted(
+                self.model, self._scoring_ds("train", "validation")))
+        fits: dict[str, tuple[calibration.PlattFit, dict | None]] = {}
+        for t in self.model.tower_names:
+            z = None if logits is None else logits[f"{t}_logit"]
+            if self.t.calibration == "none":
+                fit = calibration.identity("none", "train.calibration is 'none'")
+            elif z is None:
+                fit = calibration.identity("identity", "train.validation_fraction is 0: no validation slice to "
+                                                       "fit the calibration on")
+                log.warning("calibration of the %s net: identity kept: %s", t, fit.reason)
+            else:
+                fit = calibration.fit_platt(labels, z, weights)
+            maps.towers[t].set(fit)
+            fits[t] = (fit, None if z is None else calibration.summary(labels, z, fit.a, fit.b, weights))
+            log.info("calibration of the %s net: %s a=%.5f b=%.5f (validation %s)", t, fit.method, fit.a, fit.b,
+                     fits[t][1])
+        return fits
+
+    def _calibration_report(self, fits: dict[str, tuple[calibration.PlattFit, dict | None]], labels,
+                            logits: dict, weights) -> dict:
+        """metrics.json "calibration": per tower the map, the validation figures it was fitted on, and the
+        eval split's before (raw logit) / after (the served logit, sampling correction included)."""
+        rate = self.spec.negative_sampling_rate
+        out = {}
+        for t, (fit, validation) in fits.items():
+            z = logits[f"{t}_logit"]
+            ev = calibration.summary(labels, z, fit.a, fit.b, weights, calibration.log_rate(rate))
+            if rate < 1.0:  # what the sampling correction buys: the same Platt map without log(r)
+                plain = calibration.summary(labels, z, fit.a, fit.b, weights)
+                ev.update(calibration_without_sampling_correction=plain["calibration_after"],
+                          logloss_without_sampling_correction=plain["logloss_after"])
+            out[t] = {"a": fit.a, "b": fit.b, "method": fit.method, "reason": fit.reason,
+                      "negative_sampling_rate": rate, "validation": validation, "eval": ev}
+        return out
 
     def _export(self) -> dict[str, str]:
         from models.saved import save_tower

@@ -43,6 +43,7 @@ class Scored(NamedTuple):
     label: float
     weight: float
     group: str
+    logit_uncalibrated: float | None = None  # the raw logit when the model exports it (calibration before)
 
 
 def _one(feature: Any, kind: str) -> Any:
@@ -104,43 +105,68 @@ class ToScored(beam.DoFn):
 
     def process(self, element):
         meta, pred = element
-        ctr, logit = pred.inference
-        if not (math.isfinite(ctr) and math.isfinite(logit)) or not 0.0 <= ctr <= 1.0:
+        ctr, logit, *rest = pred.inference
+        raw = rest[0] if rest else None
+        if not (math.isfinite(ctr) and math.isfinite(logit)) or not 0.0 <= ctr <= 1.0 \
+                or (raw is not None and not math.isfinite(raw)):
             yield beam.pvalue.TaggedOutput(self.REJECTED, (self._model, "score not finite or ctr outside [0, 1]"))
             return
-        row = Scored(logit, ctr, meta.label, meta.weight, meta.group)
+        row = Scored(logit, ctr, meta.label, meta.weight, meta.group, raw)
         yield (self._model, ALL), row
         if self._slice is not None:
             yield (self._model, f"{self._slice}={meta.slice}"), row
 
 
+def _logloss(ctr: float, label: float) -> float:
+    p = min(max(ctr, metrics.LOGLOSS_EPS), 1.0 - metrics.LOGLOSS_EPS)
+    return -math.log(p) if label else -math.log1p(-p)
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
 class TotalsFn(beam.CombineFn):
-    """Impressions, weight, clicks, predicted CTR and logloss sums -> scalar metrics."""
+    """Impressions, weight, clicks, predicted CTR and logloss sums -> scalar metrics; the same CTR and logloss
+    sums of the uncalibrated logit when the model exports it (calibration and logloss before calibration)."""
+
+    SIZE = 10
 
     def create_accumulator(self):
-        return [0, 0.0, 0.0, 0.0, 0.0, 0]  # n, w, w*y, w*p, w*logloss, n without group
+        # n, w, w*y, w*p, w*logloss, n without group; over the rows with a raw logit: w, w*y, w*p_raw, w*logloss_raw
+        return [0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0.0, 0.0]
 
     def add_input(self, acc, row: Scored):
-        p = min(max(row.ctr, metrics.LOGLOSS_EPS), 1.0 - metrics.LOGLOSS_EPS)
-        ll = -math.log(p) if row.label else -math.log1p(-p)
         acc[0] += 1
         acc[1] += row.weight
         acc[2] += row.weight * row.label
         acc[3] += row.weight * row.ctr
-        acc[4] += row.weight * ll
+        acc[4] += row.weight * _logloss(row.ctr, row.label)
         acc[5] += row.group == ""
+        if row.logit_uncalibrated is not None:
+            p = _sigmoid(row.logit_uncalibrated)
+            acc[6] += row.weight
+            acc[7] += row.weight * row.label
+            acc[8] += row.weight * p
+            acc[9] += row.weight * _logloss(p, row.label)
         return acc
 
     def merge_accumulators(self, accs):
-        return [sum(a[i] for a in accs) for i in range(6)] if accs else self.create_accumulator()
+        accs = list(accs)
+        return [sum(a[i] for a in accs) for i in range(self.SIZE)] if accs else self.create_accumulator()
 
     def extract_output(self, acc) -> dict:
-        n, w, wy, wp, wll, no_group = acc
+        n, w, wy, wp, wll, no_group, rw, rwy, rwp, rwll = acc
         observed = wy / w if w > 0 else None
         predicted = wp / w if w > 0 else None
+        raw_predicted = rwp / rw if rw > 0 else None
         return {"impressions": n, "weight": w, "clicks": wy, "ctr_observed": observed, "ctr_predicted": predicted,
                 "calibration": metrics.calibration_ratio(predicted, observed),
-                "logloss": wll / w if w > 0 else None, "impressions_no_group": no_group}
+                "logloss": wll / w if w > 0 else None, "impressions_no_group": no_group,
+                # before calibration (the model's logit_uncalibrated output; None when it has none)
+                "ctr_predicted_uncalibrated": raw_predicted,
+                "calibration_uncalibrated": metrics.calibration_ratio(raw_predicted, rwy / rw if rw > 0 else None),
+                "logloss_uncalibrated": rwll / rw if rw > 0 else None}
 
 
 def bucket_key(logit: float, step: float) -> float | int:

@@ -1,9 +1,11 @@
 """What the eval job scores: MODEL arguments resolved to SavedModels, and the RunInference model handler.
 
 The job consumes SavedModels only (never the models package): the contract is the signature
-serving_default(examples: tf.string [N]) -> {"ctr": [N], "logit": [N]}. Beam's stock TFModelHandlerTensor
-loads with tf.keras.models.load_model and stacks tensors into one positional argument, which fits neither a
-plain tf.Module export nor a keyword string signature, so a small handler calls the signature directly.
+serving_default(examples: tf.string [N]) -> {"ctr": [N], "logit": [N]}, plus an optional "logit_uncalibrated"
+[N] (the tower's raw logit in rocketctr exports), from which the job reports calibration before/after.
+Beam's stock TFModelHandlerTensor loads with tf.keras.models.load_model and stacks tensors into one positional
+argument, which fits neither a plain tf.Module export nor a keyword string signature, so a small handler calls
+the signature directly.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 SIGNATURE = "serving_default"
+UNCALIBRATED = "logit_uncalibrated"  # optional output: the raw logit before the served calibration
 TOWER_NAMES = ("light", "booster")
 
 
@@ -118,7 +121,7 @@ class _Loaded:
         self.path = path
         self._tf = tf
 
-    def __call__(self, examples: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, examples: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         out = self.fn(examples=self._tf.constant(list(examples), dtype=self._tf.string))
         missing = {"ctr", "logit"} - set(out)
         if missing:
@@ -128,11 +131,16 @@ class _Loaded:
         if len(ctr) != len(examples) or len(logit) != len(examples):
             raise ModelResolveError(f"{self.path}: {SIGNATURE} returned {len(ctr)} ctr / {len(logit)} logit values "
                                     f"for a batch of {len(examples)} examples (expected shape [N])")
-        return ctr, logit
+        raw = np.asarray(out[UNCALIBRATED], dtype=np.float64).reshape(-1) if UNCALIBRATED in out else None
+        if raw is not None and len(raw) != len(examples):
+            raise ModelResolveError(f"{self.path}: {SIGNATURE} returned {len(raw)} {UNCALIBRATED} values for a "
+                                    f"batch of {len(examples)} examples (expected shape [N])")
+        return ctr, logit, raw
 
 
 class SavedModelHandler(ModelHandler[bytes, PredictionResult, _Loaded]):
-    """RunInference handler: batches of serialized tf.Examples -> PredictionResult(example, (ctr, logit))."""
+    """RunInference handler: batches of serialized tf.Examples -> PredictionResult(example, (ctr, logit,
+    uncalibrated logit or None))."""
 
     def __init__(self, path: str, max_batch_size: int = 1024, min_batch_size: int = 1):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
@@ -146,8 +154,10 @@ class SavedModelHandler(ModelHandler[bytes, PredictionResult, _Loaded]):
 
     def run_inference(self, batch: Sequence[bytes], model: _Loaded,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
-        ctr, logit = model(batch)
-        return [PredictionResult(x, (float(c), float(z)), self._path) for x, c, z in zip(batch, ctr, logit)]
+        ctr, logit, raw = model(batch)
+        raws = [None] * len(batch) if raw is None else [float(r) for r in raw]
+        return [PredictionResult(x, (float(c), float(z), r), self._path)
+                for x, c, z, r in zip(batch, ctr, logit, raws)]
 
     def get_num_bytes(self, batch: Sequence[bytes]) -> int:
         return sum(len(x) for x in batch)

@@ -31,6 +31,21 @@ def summary_table(doc: dict) -> str:
     return markdown_table([(k, m["metrics"]) for k, m in doc["models"].items()])
 
 
+def calibration_table(doc: dict) -> str | None:
+    """Calibration and logloss before (the model's raw logit, `logit_uncalibrated`) and after (the served,
+    calibrated score) per model that exports both; None when no model does."""
+    rows = [(k, m["metrics"]) for k, m in doc["models"].items()
+            if m["metrics"].get("calibration_uncalibrated") is not None]
+    if not rows:
+        return None
+    lines = ["| model | calibration before | calibration after | logloss before | logloss after |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {k} | {fmt(m.get('calibration_uncalibrated'), '{:.3f}')} | {fmt(m.get('calibration'), '{:.3f}')} "
+              f"| {fmt(m.get('logloss_uncalibrated'), '{:.4f}')} | {fmt(m.get('logloss'), '{:.4f}')} |"
+              for k, m in rows]
+    return "\n".join(lines)
+
+
 def write_report(doc: dict, out_dir: str | Path) -> Path:
     """Write metrics.json, the plots and report.md into out_dir; returns the metrics.json path."""
     out = Path(out_dir)
@@ -52,6 +67,13 @@ def report_markdown(doc: dict) -> str:
              f"{s.get('logit_step')} (0 = exact); the bucketing moves it by at most `auc_max_bucket_error` "
              "(metrics.json). GAUC: impression-weighted mean of per-user AUC over users with both clicks and "
              "non-clicks (users_used of users_total). Calibration: mean predicted CTR / observed CTR.", ""]
+    cal = calibration_table(doc)
+    if cal:
+        lines += ["## Calibration before / after", "", cal, "",
+                  "Before: sigmoid of the model's raw logit (`logit_uncalibrated`); after: the served CTR (Platt "
+                  "scaling fitted on the validation slice of the train split, plus the negative down-sampling "
+                  "correction log(r) when the training data was sampled). The map is monotone, so AUC and GAUC "
+                  "are the same for both.", ""]
     if doc.get("warnings"):
         lines += ["## Warnings", "", *[f"- {w}" for w in doc["warnings"]], ""]
     gate = doc.get("gate")

@@ -235,6 +235,10 @@ def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
         return BAD_INPUT
     doc = json.loads((out / eval_report.METRICS_FILE).read_text())
     print(eval_report.summary_table(doc))
+    cal = eval_report.calibration_table(doc)
+    if cal:
+        print("\ncalibration before (raw logit) / after (served score):")
+        print(cal)
     for w in doc.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     print(f"wrote {out / eval_report.METRICS_FILE} and {out / eval_report.REPORT_FILE}")

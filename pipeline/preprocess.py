@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from feature_specs import runtime
 from feature_specs.artifacts import SHARD_SUFFIX, shard_prefix
-from feature_specs.loader import load_spec, spec_hash
+from feature_specs.loader import load_spec, resolved_text, spec_hash
 from feature_specs.schema import FeatureSpec
 from pipeline import publish
 from pipeline.analyze import AnalyzeTrain
@@ -36,6 +36,7 @@ from pipeline.io import ReadRawLines, VerifyCompressedInputs, check_headers, exp
 from pipeline.join import COGROUP, SIDE_INPUT, JoinSideTable, ReadSideTable, appended_columns
 from pipeline.layout import FieldPlan, record_layout
 from pipeline.tfrecord_sink import WriteGzipTFRecords
+from pipeline.sampling import DROPPED, KEPT_NEGATIVES, SampleNegatives, sampling_rule
 from pipeline.split import EVAL, TRAIN, AssignSplit
 from pipeline.validate import REJECTED, ParseAndValidateLines, ParseLines, ValidateRows, reason_of
 
@@ -95,8 +96,14 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan) -> None:
         counts.append(p | "CompressedInputs" >> beam.Create(compressed)
                       | "VerifyCompressed" >> beam.ParDo(VerifyCompressedInputs()))
     splits = valid.records | "Split" >> AssignSplit(spec.split)
+    parts = {TRAIN: splits[TRAIN], EVAL: splits[EVAL]}
+    if spec.negative_sampling_rate < 1.0:  # train negatives only: the eval split keeps the real distribution
+        sampled = parts[TRAIN] | "SampleNegatives" >> beam.ParDo(SampleNegatives(
+            plan.layout, spec.negative_sampling_rate, spec.split.seed, TRAIN)).with_outputs(COUNTS, main="records")
+        counts.append(sampled[COUNTS])
+        parts[TRAIN] = sampled.records
     for name in (TRAIN, EVAL):
-        encoded = splits[name] | f"Encode[{name}]" >> beam.ParDo(EncodeExamples(plan.layout, name)).with_outputs(
+        encoded = parts[name] | f"Encode[{name}]" >> beam.ParDo(EncodeExamples(plan.layout, name)).with_outputs(
             COUNTS, main="examples")
         counts.append(encoded[COUNTS])
         encoded.examples | f"Write[{name}]" >> WriteGzipTFRecords(shard_prefix(out, name), SHARD_SUFFIX,
@@ -106,7 +113,7 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan) -> None:
         publish.join(out, "rejected", "rejected"), file_name_suffix=".jsonl")
     counts.append(all_rejected | "CountRejected" >> CountKeys(_reason_key))
     all_counts = tuple(counts) | "FlattenCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
-    analysis = splits[TRAIN] | "Analyze" >> AnalyzeTrain(spec, plan.layout)
+    analysis = parts[TRAIN] | "Analyze" >> AnalyzeTrain(spec, plan.layout)  # what the model trains on
     (p | "Once" >> beam.Create([None])
      | "WriteStaged" >> beam.ParDo(
          publish.WriteStaged(publish.join(out, publish.STAGING), [f.name for f in spec.vocab_features],
@@ -141,7 +148,8 @@ def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
 
 
 def check_accounting(counts: dict, max_bad_fraction: float) -> dict:
-    """rows_in == written + rejected, and the rejected fraction within bounds; returns the summary."""
+    """rows_in == written + rejected + sampled out (negative down-sampling), and the rejected fraction within
+    bounds; returns the summary."""
     corrupt = sorted(k.split(":", 1)[1] for k in counts if k.startswith("corrupt_input:"))
     if corrupt:
         raise PreprocessError(f"{len(corrupt)} input file(s) are truncated or corrupt, so the rows after the "
@@ -150,14 +158,17 @@ def check_accounting(counts: dict, max_bad_fraction: float) -> dict:
     written = {s: counts.get(f"written:{s}", 0) for s in (TRAIN, EVAL)}
     rejected = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("rejected:")}
     total_rejected = sum(rejected.values())
+    sampled_out = {s: counts.get(f"{DROPPED}:{s}", 0) for s in (TRAIN, EVAL) if f"{DROPPED}:{s}" in counts}
     summary = {"read": rows_in, "written": written, "written_total": sum(written.values()),
                "rejected": dict(sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))),
-               "rejected_total": total_rejected,
+               "rejected_total": total_rejected, "sampled_out": sampled_out,
+               "negatives_kept": {s: counts.get(f"{KEPT_NEGATIVES}:{s}", 0) for s in sampled_out},
                "side_table_bad_rows": {k.split(":", 1)[1]: v for k, v in counts.items()
                                        if k.startswith("side_table_bad_rows:")}}
-    if rows_in != summary["written_total"] + total_rejected:
+    if rows_in != summary["written_total"] + total_rejected + sum(sampled_out.values()):
         raise PreprocessError(f"accounting broken: {rows_in} rows read != {summary['written_total']} written "
-                              f"+ {total_rejected} rejected ({summary})")
+                              f"+ {total_rejected} rejected + {sum(sampled_out.values())} negatives sampled out "
+                              f"({summary})")
     fraction = total_rejected / rows_in if rows_in else 0.0
     summary["rejected_fraction"] = fraction
     if rows_in == 0:
@@ -175,7 +186,7 @@ def preprocess(spec: FeatureSpec | str, inputs: str | Sequence[str], output_dir:
                max_field_chars: int = 65536, overwrite: bool = False) -> Path:
     """Run the job; returns the output folder (finished: manifest.json written) or raises PreprocessError."""
     spec = load_spec(spec) if isinstance(spec, str) else spec
-    spec_text = publish.read_text(spec.path)
+    spec_text = resolved_text(spec.path) if Path(spec.path).is_file() else publish.read_text(spec.path)
     overrides = {k: v for k, v in (("delimiter", delimiter), ("header", header)) if v is not None}
     spec = _override_format(spec, delimiter, header)
     patterns = (inputs,) if isinstance(inputs, str) else tuple(inputs)
@@ -212,6 +223,9 @@ def preprocess(spec: FeatureSpec | str, inputs: str | Sequence[str], output_dir:
                                    zip(spec.side_tables, side_paths, plan.join_methods)}},
         "rows": summary, "max_bad_fraction": max_bad_fraction,
         "split": json.loads(publish.read_text(publish.join(staging, "split.json"))),
+        "negative_sampling": {**sampling_rule(spec.negative_sampling_rate, spec.split.seed),
+                              "negatives_dropped": summary["sampled_out"].get(TRAIN, 0),
+                              "negatives_kept": summary["negatives_kept"].get(TRAIN)},
         "shards": {s: sorted(m.path for m in FileSystems.match([shard_prefix(out, s) + "-*" + SHARD_SUFFIX])[0]
                              .metadata_list) for s in (TRAIN, EVAL)},
         "beam_options": options.get_all_options(drop_default=True),
@@ -263,8 +277,11 @@ def run_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         return 1
     m = json.loads(publish.read_text(publish.join(str(out), "manifest.json")))
     rows = m["rows"]
+    sampled = rows.get("sampled_out", {}).get("train")
+    note = "" if sampled is None else (f", {sampled} train negatives sampled out (negative_sampling_rate "
+                                       f"{m['negative_sampling']['negative_sampling_rate']})")
     print(f"preprocess: {rows['read']} rows read, {rows['written']['train']} train + {rows['written']['eval']} eval "
-          f"written, {rows['rejected_total']} rejected {rows['rejected']} -> {out}")
+          f"written, {rows['rejected_total']} rejected {rows['rejected']}{note} -> {out}")
     return 0
 
 

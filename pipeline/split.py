@@ -21,8 +21,8 @@ from pipeline.counting import CountKeys
 TRAIN, EVAL = "train", "eval"
 
 
-def hash_fraction(seed: int, key: str) -> float:
-    """A stable pseudo-uniform number in [0, 1) for (seed, key)."""
+def hash_fraction(seed: int | str, key: str) -> float:
+    """A stable pseudo-uniform number in [0, 1) for (seed, key); a string seed salts other draws (sampling)."""
     digest = hashlib.blake2b(f"{seed}\x1f{key}".encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0 ** 64
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str | None]] = {
     "score": ("score raw feature rows through a PredictionService (ours or TF Serving)", "score"),
     "eval": ("Beam job: offline GAUC / AUC / logloss / calibration of a model", "eval"),
     "compare": ("compare eval results of several runs (mean +- std over seeds, paired t)", "compare"),
+    "tune": ("seeded, resumable hyper-parameter search scored on the validation slice", "tune"),
     "demo": ("run the whole pipeline end to end on the built-in simulator", "demo"),
     "bench": ("benchmarks: preprocess, train, serve, quality", "bench"),
 }

@@ -147,6 +147,7 @@ def run_demo(out_dir: str | Path, rows: int = 1_000_000, seed: int = 0, workers:
         echo("")
         echo(results_table(result.eval_metrics))
         echo("")
+        echo(calibration_line(result.eval_metrics))
         echo(latency_line(result.latency_ms))
         echo(f"report: {result.report}")
     return result
@@ -249,12 +250,36 @@ def _short_metrics(run_dir: Path) -> str:
 
 
 def results_table(doc: dict) -> str:
-    lines = ["| model | AUC | GAUC | logloss | calibration |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| model | AUC | GAUC | logloss | calibration | calibration before |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for label, m in doc.get("models", {}).items():
         mm = m["metrics"]
         lines.append(f"| {label} | {_f(mm.get('auc'))} | {_f(mm.get('gauc'))} | {_f(mm.get('logloss'))} | "
-                     f"{_f(mm.get('calibration'))} |")
+                     f"{_f(mm.get('calibration'))} | {_f(mm.get('calibration_uncalibrated'))} |")
     return "\n".join(lines)
+
+
+def served_calibration(doc: dict) -> dict | None:
+    """The served net's eval calibration and logloss before (raw logit) / after (the served score), from the
+    eval's metrics.json (the candidate's light tower); None when the eval has no before figures."""
+    models = doc.get("models", {})
+    label = next((k for k, m in models.items() if m.get("role") == "candidate" and m.get("tower") in (None, "light")),
+                 None)
+    mm = models[label]["metrics"] if label else {}
+    if mm.get("calibration_uncalibrated") is None:
+        return None
+    return {"model": label, "calibration_before": mm["calibration_uncalibrated"], "calibration_after":
+            mm.get("calibration"), "logloss_before": mm.get("logloss_uncalibrated"), "logloss_after": mm.get("logloss")}
+
+
+def calibration_line(doc: dict) -> str:
+    c = served_calibration(doc)
+    if c is None:
+        return "served net calibration before/after: n/a (the eval has no uncalibrated scores)"
+    return (f"served net ({c['model']}) eval calibration (mean predicted / observed CTR): before "
+            f"{_f(c['calibration_before'])} -> after {_f(c['calibration_after'])}; logloss "
+            f"{_f(c['logloss_before'])} -> {_f(c['logloss_after'])} (Platt scaling fitted on the validation slice, "
+            f"baked into the export)")
 
 
 def latency_line(lat: dict) -> str:
@@ -275,6 +300,8 @@ def write_report(result: DemoResult, sim, data: Path, runs: dict, version_dir: P
              f"Exported and served: the light net of run `{result.exported}` (best light-net AUC on the validation "
              f"slice of the train split).", "",
              "## Offline evaluation (eval split)", "", results_table(result.eval_metrics), "",
+             "Calibration = mean predicted CTR / observed CTR (1 = calibrated); \"before\" is the net's raw logit, "
+             "the other columns score what is served.", "", calibration_line(result.eval_metrics), "",
              latency_line(result.latency_ms), "", "## Stages (wall seconds)", "",
              *[f"- {k}: {v}" for k, v in result.stages.items()], "", "## Artifacts", "",
              f"- raw logs and ground truth: [{rel(sim.out_dir)}]({rel(sim.out_dir)}/simulation.json)",
@@ -286,6 +313,7 @@ def write_report(result: DemoResult, sim, data: Path, runs: dict, version_dir: P
     path.write_text("\n".join(lines))
     (out / "demo.json").write_text(json.dumps({"stages": result.stages, "latency_ms": result.latency_ms,
                                                "exported": result.exported,
+                                               "served_calibration": served_calibration(result.eval_metrics),
                                                "eval": result.eval_metrics.get("models", {})}, indent=2,
                                               default=str))
     return path

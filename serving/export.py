@@ -3,9 +3,10 @@
 Only the light path (input preprocessing + shared embeddings + light tower) is written: models.saved
 tracks exactly that. Before a version becomes visible it must pass the same gates the server applies:
 it loads, its warmup requests (real eval rows, in TF Serving's assets.extra format) run through all three
-signatures, its scores equal the training model's light logits (max abs diff < 1e-5), and for the light
-net no booster variable is in it. The version is built in DIR/.tmp-<uuid> (a name TF Serving and our
-registry ignore) and renamed into place, so a crash leaves no half version for a server to pick up.
+signatures, its scores equal the training model's calibrated light logits (Platt map and negative sampling
+correction included, max abs diff < 1e-5), and for the light net no booster variable is in it. The version
+is built in DIR/.tmp-<uuid> (a name TF Serving and our registry ignore) and renamed into place, so a crash
+leaves no half version for a server to pick up.
 """
 
 from __future__ import annotations
@@ -135,7 +136,8 @@ def export_model(model, spec: FeatureSpec, data_dir: str | Path, model_base: str
         if tower == "light":
             _check_no_booster(model, variables)
         parity = _check(tmp, model, spec, tower, examples)
-        meta = _metadata(spec, tower, version, run_info, parity, variables, time.perf_counter() - t0)
+        meta = _metadata(spec, tower, version, run_info, parity, variables, time.perf_counter() - t0,
+                         model.attach_calibration().towers[tower].params())
         (tmp / ASSETS_EXTRA / METADATA_FILE).write_text(json.dumps(meta, indent=1, default=str))
         if final.exists():
             raise ExportError(f"{final} appeared while exporting (a concurrent export?); not overwriting it")
@@ -149,11 +151,12 @@ def export_model(model, spec: FeatureSpec, data_dir: str | Path, model_base: str
 
 
 def _check(path: Path, model, spec: FeatureSpec, tower: str, examples: list[bytes]) -> float:
-    """Load as the server does, replay warmup, and compare every signature to the training model's logits."""
+    """Load as the server does, replay warmup, and compare every signature to the training model's calibrated
+    logits (what the export must serve: a * z + b + log r of models.calibration)."""
     servable = load_servable(path, 0)
     warm_up(servable)
     x = model_inputs_of(spec, examples)
-    want = getattr(model, f"{tower}_logits")({k: tf.constant(v) for k, v in x.items()})
+    want = model.calibrated_logits(tower, {k: tf.constant(v) for k, v in x.items()})
     want = np.asarray(want).reshape(-1)
     user = set(derive.serving_input_specs(spec, sides=("user", "context"), batch=1))
     got = {"serving_default": servable.runner("serving_default").run(
@@ -161,7 +164,7 @@ def _check(path: Path, model, spec: FeatureSpec, tower: str, examples: list[byte
            "predict_raw": servable.runner("predict_raw").run(x)["logit"]}
     # score_candidates broadcasts row 0's user/context: compare with the model on the same broadcast rows
     same_user = {k: (np.repeat(v[:1], len(examples), axis=0) if k in user else v) for k, v in x.items()}
-    want_same = np.asarray(getattr(model, f"{tower}_logits")({k: tf.constant(v) for k, v in same_user.items()}))
+    want_same = np.asarray(model.calibrated_logits(tower, {k: tf.constant(v) for k, v in same_user.items()}))
     got_sc = servable.runner("score_candidates").run({k: (v[:1] if k in user else v) for k, v in x.items()})["logit"]
     diffs = {k: float(np.max(np.abs(v - want))) for k, v in got.items()}
     diffs["score_candidates"] = float(np.max(np.abs(got_sc - want_same.reshape(-1))))
@@ -170,6 +173,12 @@ def _check(path: Path, model, spec: FeatureSpec, tower: str, examples: list[byte
         raise ExportError(f"exported {tower} net disagrees with the training model: max abs logit diff per "
                           f"signature {diffs} (tolerance {PARITY_TOLERANCE})")
     return worst
+
+
+def _calibration_method(run_info: dict | None, tower: str) -> str | None:
+    """How the run fitted the map (platt / intercept / identity / none), from its metrics.json when known."""
+    metrics = (run_info or {}).get("metrics") or {}
+    return ((metrics.get("calibration") or {}).get(tower) or {}).get("method")
 
 
 def _check_no_booster(model, variables: list[str]) -> None:
@@ -183,7 +192,7 @@ def _check_no_booster(model, variables: list[str]) -> None:
 
 
 def _metadata(spec: FeatureSpec, tower: str, version: int, run_info: dict | None, parity: float,
-              variables: list[str], seconds: float) -> dict:
+              variables: list[str], seconds: float, calibration: dict) -> dict:
     sides = {s: [f.name for f in spec.by_side(s)] for s in ("user", "item", "context")}
     return {
         "format": 1, "tower": tower, "for_serving": tower == "light",
@@ -193,10 +202,15 @@ def _metadata(spec: FeatureSpec, tower: str, version: int, run_info: dict | None
         "spec": {"name": spec.name, "hash": spec_hash(spec), "path": spec.path,
                  "features": [{"name": f.name, "kind": f.kind, "side": f.side, "towers": list(f.towers)}
                               for f in spec.features],
-                 "sides": sides, "label": spec.label.name},
-        "signatures": {"serving_default": "examples: string[N] (serialized tf.Example) -> ctr, logit [N]",
-                       "predict_raw": "raw features (feature_specs.derive.serving_input_specs) -> ctr, logit [N]",
-                       "score_candidates": "user+context batch 1, item batch N -> ctr, logit [N]"},
+                 "sides": sides, "label": spec.label.name,
+                 "negative_sampling_rate": spec.negative_sampling_rate},
+        "signatures": {"serving_default": "examples: string[N] (serialized tf.Example) -> ctr, logit, "
+                                          "logit_uncalibrated [N]",
+                       "predict_raw": "raw features (feature_specs.derive.serving_input_specs) -> ctr, logit, "
+                                      "logit_uncalibrated [N]",
+                       "score_candidates": "user+context batch 1, item batch N -> ctr, logit, logit_uncalibrated [N]"},
+        # logit = a * logit_uncalibrated + b + log(negative_sampling_rate); ctr = sigmoid(logit)
+        "calibration": {**calibration, "method": _calibration_method(run_info, tower)},
         "parity_max_abs_logit_diff": parity, "variables": len(variables),
         "run": run_info,
     }

@@ -214,6 +214,9 @@ def write_fixture_dataset(spec: FeatureSpec, df: pd.DataFrame, out_dir, eval_fra
     (out / "vocab").mkdir(parents=True, exist_ok=True)
     rows = _rows(spec, df)
     train, ev = _split(spec, rows, eval_fraction, seed)
+    if spec.negative_sampling_rate < 1.0:  # like the job: train negatives kept with probability r, eval untouched
+        keep = np.random.default_rng(seed + 7).random(len(train)) < spec.negative_sampling_rate
+        train = [r for r, k in zip(train, keep) if k or r[spec.label.name] == 1.0]
     _write_shards(spec, train, out, "train", TRAIN_SHARDS)
     _write_shards(spec, ev, out, "eval", 1)
     vocabs = _vocabs(spec, train)

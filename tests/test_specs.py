@@ -177,3 +177,25 @@ def test_numeric_pre_transform_matches_the_model_input_layer():
     identity = NumericStats(count=5, missing=0, mean=0.0, std=1.0, min=0.0, max=1.0)
     model_side = NumericEncoder(f, identity).encode(tf.constant(x)).scale.numpy()
     np.testing.assert_allclose(pre_transform(f, x), model_side, rtol=1e-5, atol=1e-6)
+
+
+def test_a_spec_that_extends_another_states_only_what_differs(tmp_path):
+    from feature_specs.loader import SPEC_DIR, resolved_text
+
+    cold = load_spec("jester_coldstart")
+    base = load_spec("jester")
+    assert cold.split.method == "hash_group" and base.split.method == "hash_row"  # production: users recur
+    assert cold.features == base.features and cold.label == base.label and cold.name == "jester_coldstart"
+    copy = tmp_path / "spec.yaml"  # what a data folder keeps: self-contained, same content hash
+    copy.write_text(resolved_text(SPEC_DIR / "jester_coldstart.yaml"))
+    assert spec_hash(load_spec(copy)) == spec_hash(cold)
+
+
+def test_extends_errors_name_the_key(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nname: a\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\nname: b\n")
+    with pytest.raises(SpecError, match="'extends': a cycle"):
+        load_spec(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: nowhere\nname: c\n")
+    with pytest.raises(SpecError, match="'extends': no spec 'nowhere'"):
+        load_spec(tmp_path / "c.yaml")

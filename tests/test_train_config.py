@@ -48,6 +48,7 @@ def test_mode_teacher_and_set_overrides_apply(tmp_path):
     ("model.loss.gradient_block=maybe", "expected true/false"),
     ("train.mode=wide", "train.mode: 'wide' is not one of"),
     ("train.validation_fraction=1.5", "validation_fraction must be in"),
+    ("model.embedding_dim=0", "model.embedding_dim must be in 1..1024"),
     ("no_equals_sign", "expected key.path=value"),
 ])
 def test_bad_overrides_are_clear_errors(tmp_path, override, message):

@@ -49,11 +49,12 @@ def test_mode_writes_sane_metrics_and_towers(runs, mode, towers):
 
 
 def test_load_run_restores_the_final_weights(runs, data_dir):
-    """load_run's model scores exactly like the exported light SavedModel (both are the final weights)."""
+    """load_run's model scores exactly like the exported light SavedModel (both are the final weights, and the
+    final checkpoint's calibration map)."""
     loaded = load_run(runs["rocket"])
     assert loaded.cfg.train.mode == "rocket"
     x, _, _ = next(iter(make_dataset(data_dir, loaded.spec, "eval", 32)))
-    ours = loaded.model.light_logits(x).numpy()
+    ours = loaded.model.calibrated_logits("light", x).numpy()
     exported = tf.saved_model.load(str(runs["rocket"] / "towers" / "light"))
     theirs = exported.signatures["predict_raw"](**x)["logit"].numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)

@@ -12,6 +12,7 @@ BENCHMARKS: dict[str, str] = {
     "train": "models.bench_train",
     "serve": "serving.bench_serve",
     "quality": "rocketctr.quality_bench",
+    "peer": "rocketctr.quality.peer_bench",  # DeepCTR reference in the separate .venv-peer
 }
 
 

@@ -35,6 +35,7 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant(BASELINE, "light_only", "light", "light net trained alone"),
+    Variant("lr_floor", "light_lr", "light", "the LR floor: logistic regression (one weight per id) trained alone"),
     Variant(REFERENCE, "booster_only", "booster", "booster trained alone (the reference and the KD teacher)"),
     Variant("rocket", "rocket", "rocket", "rocket launching as shipped: shared embeddings, hint (kept out of the "
             "shared tables), gradient block"),
@@ -45,6 +46,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("rocket_hint_into_shared", "hint_into_shared", "rocket", "rocket, hint gradient also reaches the "
             "shared embeddings"),
     Variant("rocket_no_shared_embeddings", "no_shared_embeddings", "rocket", "rocket without parameter sharing"),
+    Variant("rocket_interval", "interval_sharing", "rocket", "rocket with interval sharing: the embeddings plus the "
+            "first hidden layer shared (the booster's first width is the light's)"),
     Variant("kd_two_stage", "kd", "kd", "two-stage KD: booster-alone (same seed) as frozen teacher, then student",
             teacher=KD_TEACHER),
     Variant("rocket_hint_mse_plus_kd", "hint_mse_plus_kd", "rocket", "rocket with hint mse_logits + kd"),
