@@ -94,7 +94,7 @@ def batch_parser(spec: FeatureSpec, holdout: Holdout = Holdout()):
             keep = holdout.in_slice(spec, serialized, parsed)
             if holdout.role == "train":
                 keep = tf.logical_not(keep)
-            parsed = {k: mask_rows(v, keep) for k, v in parsed.items()}
+            parsed = holdout.as_unseen(spec, {k: mask_rows(v, keep) for k, v in parsed.items()})
         return to_batch(spec, parsed)
 
     return parse

@@ -115,9 +115,11 @@ def _slice(spec: FeatureSpec, fraction: float, columns: dict, row_hash: np.ndarr
 
 
 def cached_dataset(part: CachedRows, spec: FeatureSpec, batch_size: int, shuffle: bool = False, seed: int = 0,
-                   skip_batches: int = 0, take_batches: int | None = None) -> tf.data.Dataset:
+                   skip_batches: int = 0, take_batches: int | None = None,
+                   holdout: Holdout = Holdout()) -> tf.data.Dataset:
     """(features, labels, weights) batches gathered from memory; the order is a pure function of `seed` (what an
-    exact resume needs), every batch full except the last."""
+    exact resume needs), every batch full except the last. `holdout` (the slice's rule with its role) renames
+    what the streaming path renames (`Holdout.as_unseen`)."""
     order = np.random.default_rng(seed).permutation(part.rows) if shuffle else np.arange(part.rows)
     order_t = tf.constant(order, tf.int64)
     n_batches = -(-part.rows // batch_size)
@@ -125,7 +127,7 @@ def cached_dataset(part: CachedRows, spec: FeatureSpec, batch_size: int, shuffle
 
     def gather(i: tf.Tensor):
         ids = order_t[i * batch_size: tf.minimum((i + 1) * batch_size, part.rows)]
-        return to_batch(spec, {k: tf.gather(v, ids) for k, v in columns.items()})
+        return to_batch(spec, holdout.as_unseen(spec, {k: tf.gather(v, ids) for k, v in columns.items()}))
 
     ds = tf.data.Dataset.range(n_batches)
     if skip_batches:

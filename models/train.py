@@ -181,7 +181,8 @@ class TrainingJob:
     def _scoring_ds(self, split: str, role: str) -> tf.data.Dataset:
         if split == "train" and role == "validation" and self.cache:
             return data_cache.cached_dataset(self.cache.validation, self.spec, max(self.t.batch_size, 4096),
-                                             take_batches=self.t.eval_max_steps)
+                                             take_batches=self.t.eval_max_steps,
+                                             holdout=self.holdout.with_role("validation"))
         files = self.train_files if split == "train" else self._usable_shards(split)
         holdout = self.holdout.with_role(role) if split == "train" else data.Holdout()
         return data.make_dataset(self.data_dir, self.spec, split, self.t.batch_size, files=files,

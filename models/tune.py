@@ -8,9 +8,10 @@ Why a fixed trial list: trial k depends only on (config, --set, space, mode, see
 asking for more trials later extends the same search, and a rerun can match finished trials by their full
 config (WORKDIR/<search>/trials.jsonl) and train nothing twice, like the quality bench's run reuse.
 
---mode both runs two searches: the light one decides what the towers share (embedding optimizer and width,
-batch, epochs/patience) plus light_optimizer, because the light net is what gets served; the booster one
-varies only the booster's own knobs (its optimizer, dropout, L2) around the base's shared settings.
+--mode both runs two searches in order: the light one decides what the towers share (embedding optimizer and
+width, batch, epochs/patience) plus light_optimizer, because the light net is what gets served; the booster one
+then varies only the booster's own knobs (its optimizer, dropout, L2) on top of the shared settings the light
+search chose (its trial 0 = the base with those settings), so they are tuned where they will be used.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ log = logging.getLogger("rocketctr.tune")
 
 TUNE_MODES = ("light", "booster", "both")
 SECTIONS = ("common", "light", "booster")
-# search -> the space sections it varies; in --mode both the booster search keeps the base's shared settings
+# search -> the space sections it varies; in --mode both the booster search starts from the light search's choice
 SEARCHES = {"light": [("light", ("common", "light"))], "booster": [("booster", ("common", "booster"))],
             "both": [("light", ("common", "light")), ("booster", ("booster",))]}
 
@@ -197,7 +198,9 @@ def _read_rows(path: Path) -> dict[int, dict]:
 def _row(trial: Trial, mode: str, run: Path, data_dir: str) -> dict:
     m = json.loads((run / "metrics.json").read_text())
     v = m.get("validation") or {}
-    logloss = next((v[k] for k in ("best_logloss", "logloss") if v.get(k) is not None), None)
+    # the searched tower's validation logloss at the exported (best-epoch) weights, before its Platt layer
+    fitted = (((m.get("calibration") or {}).get(mode) or {}).get("validation") or {})
+    logloss = fitted.get("logloss_before")
     return {"trial": trial.index, "mode": mode, "params": trial.params, "config": config_to_dict(trial.config),
             "data_dir": data_dir, "run_dir": str(run), "metric": v.get("metric"),
             "validation_auc": v.get("best"), "validation_logloss": logloss, "best_epoch": v.get("best_epoch"),
@@ -211,9 +214,10 @@ def finished_row(search_dir: Path, trial: Trial, data_dir: str, rows: dict[int, 
     A run that finished but whose row was never appended (killed in between) is recovered from its folder."""
     want = config_to_dict(trial.config)
     row = rows.get(trial.index)
-    if row is not None and row.get("config") == want and row.get("data_dir") == data_dir:
-        return row
     run = search_dir / f"trial_{trial.index}"
+    if row is not None and row.get("config") == want and row.get("data_dir") == data_dir:
+        # re-read from the run folder when it is there: the row then carries every figure this version reports
+        return _row(trial, trial.config.train.mode, run, data_dir) if (run / "metrics.json").is_file() else row
     if (run / "metrics.json").is_file() and (run / "config.json").is_file():
         saved = json.loads((run / "config.json").read_text())
         if saved.get("config") == want and saved.get("data_dir") == data_dir:
@@ -257,6 +261,35 @@ def _short(params: dict) -> str:
     return " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in params.items()) or "base"
 
 
+def _run_search(search: str, plan: list[Trial], search_dir: Path, data: str, trials: int,
+                echo: Callable[[str], None]) -> tuple[list[dict], int]:
+    """Train (or reuse) every trial of one search in order; (rows, trials trained by this call)."""
+    rows_done = _read_rows(search_dir / "trials.jsonl")
+    done = {t.index: finished_row(search_dir, t, data, rows_done) for t in plan}
+    todo, trained, spent, start = sum(r is None for r in done.values()), 0, 0.0, time.monotonic()
+    results: list[dict] = []
+    for t in plan:
+        row = done[t.index]
+        if row is None:
+            run = search_dir / f"trial_{t.index}"
+            shutil.rmtree(run, ignore_errors=True)  # an unfinished or differently configured run: start afresh
+            t0 = time.monotonic()
+            train(t.config, data, run, verbose=0)
+            spent, trained = spent + time.monotonic() - t0, trained + 1
+            row = _row(t, search, run, data)
+            _append(search_dir / "trials.jsonl", row)
+            how = _dur(time.monotonic() - t0)
+        else:
+            how = "reused"
+        results.append(row)
+        best = min(results, key=_rank_key)
+        eta = spent / trained * (todo - trained) if trained else 0.0
+        echo(f"[{search} {t.index + 1}/{trials}] {_short(t.params)}: validation AUC {_fmt(row['validation_auc'])} "
+             f"(best {_fmt(best['validation_auc'])}, trial {best['trial']}), {how}; elapsed "
+             f"{_dur(time.monotonic() - start)}, ETA {_dur(eta)}")
+    return results, trained
+
+
 def tune(config: str | os.PathLike, data_dir: str | os.PathLike, mode: str, trials: int, seed: int,
          workdir: str | os.PathLike, out: str | os.PathLike | None = None, overrides: dict | None = None,
          space: str | os.PathLike | None = None, write_config: str | os.PathLike | None = None,
@@ -269,37 +302,21 @@ def tune(config: str | os.PathLike, data_dir: str | os.PathLike, mode: str, tria
     data = str(Path(data_dir).resolve())
     artifacts.read_stats(data)  # a clear error now rather than after the first trial
     spc = load_space(space)
-    plan = []  # (search, trial, its finished row or None): every trial list is built (and checked) up front
-    for search, sections in SEARCHES[mode]:
-        search_dir = Path(workdir) / search
-        rows = _read_rows(search_dir / "trials.jsonl")
-        for t in trial_list(base, search, spc, sections, seed, trials):
-            plan.append((search, t, finished_row(search_dir, t, data, rows)))
-    todo, trained, spent, start = sum(r is None for *_, r in plan), 0, 0.0, time.monotonic()
-    results: dict[str, list[dict]] = {s: [] for s, _ in SEARCHES[mode]}
-    for search, t, row in plan:
-        search_dir = Path(workdir) / search
-        if row is None:
-            run = search_dir / f"trial_{t.index}"
-            shutil.rmtree(run, ignore_errors=True)  # an unfinished or differently configured run: start afresh
-            t0 = time.monotonic()
-            train(t.config, data, run, verbose=0)
-            spent, trained = spent + time.monotonic() - t0, trained + 1
-            row = _row(t, search, run, data)
-            _append(search_dir / "trials.jsonl", row)
-            how = _dur(time.monotonic() - t0)
-        else:
-            how = "reused"
-        results[search].append(row)
-        best = min(results[search], key=_rank_key)
-        eta = spent / trained * (todo - trained) if trained else 0.0
-        echo(f"[{search} {t.index + 1}/{trials}] {_short(t.params)}: validation AUC {_fmt(row['validation_auc'])} "
-             f"(best {_fmt(best['validation_auc'])}, trial {best['trial']}), {how}; elapsed "
-             f"{_dur(time.monotonic() - start)}, ETA {_dur(eta)}")
-    best = {s: min(rows, key=_rank_key) for s, rows in results.items()}
+    for search, sections in SEARCHES[mode]:  # every trial list is checked before anything trains
+        trial_list(base, search, spc, sections, seed, trials)
+    results: dict[str, list[dict]] = {}
+    best: dict[str, dict] = {}
     chosen: dict = {}
-    for search, _ in SEARCHES[mode]:  # each search decides only the keys of its own sections
-        for key in _keys(mode, search, spc):
+    trained = 0
+    for search, sections in SEARCHES[mode]:
+        # in --mode both the booster search starts from what the light search chose for the shared settings
+        # (embedding optimizer and width, batch, epochs): the booster knobs are tuned where they will be used
+        search_base = config_from_dict(_merge(config_to_dict(base), chosen)) if chosen else base
+        plan = trial_list(search_base, search, spc, sections, seed, trials)
+        results[search], n = _run_search(search, plan, Path(workdir) / search, data, trials, echo)
+        trained += n
+        best[search] = min(results[search], key=_rank_key)
+        for key in _keys(mode, search, spc):  # each search decides only the keys of its own sections
             chosen = _merge(chosen, _nested(key, _value_at(best[search]["config"], key)))
     result = TuneResult(mode, results, best, chosen, trained)
     if write_config is not None:

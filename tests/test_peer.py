@@ -197,8 +197,11 @@ def test_config_defaults_are_our_booster():
 
     cfg = load_config(REPO / "configs" / "movielens.yaml")
     d = peer_bench.config_defaults(cfg, "movielens")
-    assert d["hidden"] == [256, 128, 64] and d["dropout"] == 0.1 and d["batch_size"] == 256
-    assert d["lr"] == cfg.train.booster_optimizer.learning_rate and d["patience"] == 2
+    assert d["hidden"] == list(cfg.model.booster.hidden) and d["dropout"] == cfg.model.booster.dropout
+    assert d["batch_size"] == cfg.train.batch_size and d["l2"] == cfg.model.booster.l2
+    assert d["lr"] == cfg.train.booster_optimizer.learning_rate
+    assert d["patience"] == cfg.train.early_stopping_patience and d["epochs"] == cfg.train.epochs
+    assert d["emb_dim"] == cfg.model.embedding_dim  # the tuned width, not the spec's
 
 
 @pytest.mark.slow

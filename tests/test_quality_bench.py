@@ -192,6 +192,27 @@ def test_no_gap_recovered_share_when_the_booster_is_not_better():
     assert "does NOT beat the light net" in markdown(summary, ["- header"])
 
 
+def test_calibration_before_and_after_is_summarised_per_served_net():
+    """Section 3 shows the served score's calibration next to the raw logit's, mean over seeds."""
+    cal = {("light_alone", 0): (1.20, 1.01), ("light_alone", 1): (1.10, 0.99),
+           ("booster_alone", 0): (0.90, 1.02), ("booster_alone", 1): (0.80, 1.00)}
+    runs = [{"variant": v, "seed": s, "train_seconds": 1.0,
+             "metrics": {("booster" if v == "booster_alone" else "light"): {
+                 "auc": 0.7, "gauc": 0.7, "logloss": 0.40, "logloss_uncalibrated": 0.45,
+                 "calibration_uncalibrated": before, "calibration": after}}}
+            for (v, s), (before, after) in cal.items()]
+    summary = summarize(runs)
+    light = next(r for r in summary["variants"] if r["variant"] == "light_alone")
+    assert light["calibration"]["calibration_uncalibrated"]["mean"] == pytest.approx(1.15)
+    assert light["calibration"]["calibration"]["mean"] == pytest.approx(1.00)
+    md = markdown(summary, ["- header"])
+    section = md[md.index("## 3. Calibration"):]
+    line = next(x for x in section.splitlines() if x.startswith("| booster_alone (booster net) |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1].startswith("0.8500") and cells[2].startswith("1.0100")
+    assert cells[3].startswith("0.4500") and cells[4].startswith("0.4000")
+
+
 @pytest.mark.slow
 def test_a_rerun_reuses_finished_runs_and_reports_the_same_numbers(bench, capsys):
     data, out, doc = bench

@@ -88,6 +88,35 @@ def test_the_streaming_dataset_applies_the_same_slice(tmp_path):
     assert streamed == batched == len(c_val)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_held_out_users_are_scored_as_unseen_only_on_a_group_split(tmp_path, method):
+    """On a group-hash slice the users' ids go through the OOV path, as the eval split's unseen users do; with
+    other splits (users recur) and on the rows trained on, ids are untouched. Streamed and cached agree."""
+    from models.holdout import UNSEEN_PREFIX
+
+    spec, data = _dataset_with_split(tmp_path, method)
+    _, _, cache = _cached(spec, data)
+    h = cache.holdout
+
+    def ids(ds):
+        return sorted(u for f, _, _ in ds for u in f["user_id"].numpy().tolist())
+
+    streamed_val = ids(make_dataset(data, spec, "train", 64, holdout=h.with_role("validation")))
+    cached_val = ids(cached_dataset(cache.validation, spec, 64, holdout=h.with_role("validation")))
+    train_ids = ids(make_dataset(data, spec, "train", 64, holdout=h.with_role("train")))
+    assert streamed_val == cached_val and streamed_val
+    renamed = [u for u in streamed_val if u.startswith(UNSEEN_PREFIX.encode())]
+    assert not any(u.startswith(UNSEEN_PREFIX.encode()) for u in train_ids)
+    if method != "hash_group":
+        assert not renamed
+        return
+    assert len(renamed) == len(streamed_val)
+    vocab = set(artifacts.read_vocab_tokens(data, "user_id"))
+    original = {u.decode()[len(UNSEEN_PREFIX):] for u in renamed}
+    assert original <= vocab  # the held-out users are in the train split's vocabulary (rows never trained) ...
+    assert not {u.decode() for u in renamed} & vocab  # ... so they are renamed out of it: scored through OOV
+
+
 def test_cached_batches_are_full_shuffled_by_seed_and_resume_exactly(tmp_path):
     spec, data = _dataset_with_split(tmp_path, "hash_row")
     _, _, cache = _cached(spec, data)

@@ -102,6 +102,7 @@ def test_cli_runs_both_searches_and_writes_the_table(tuned, capsys):
             assert (tuned["work"] / search / f"trial_{r['trial']}" / "metrics.json").is_file()
             m = json.loads((tuned["work"] / search / f"trial_{r['trial']}" / "metrics.json").read_text())
             assert r["validation_auc"] == m["validation"]["best"]  # the validation slice, never m["eval"]
+            assert r["validation_logloss"] == m["calibration"][search]["validation"]["logloss_before"] > 0
         ranked = sorted(rows, key=lambda r: -r["validation_auc"])
         table = [line for line in md.split(f"## {search} search")[1].split("##")[0].splitlines()
                  if line.startswith("| 1 ") or line.startswith("| 2 ")]
@@ -126,6 +127,31 @@ def test_written_config_loads_with_the_chosen_values(tuned):
     written, original = yaml.safe_load(text), yaml.safe_load(CONFIG.read_text())
     assert written["experiments"] == original["experiments"]
     assert load_config(tuned["written"], "booster_only").model.embedding_dim == cfg.model.embedding_dim
+
+
+def test_the_booster_search_runs_on_the_light_searchs_shared_choice(setup, monkeypatch):
+    """--mode both: every booster trial (its trial 0 included) trains with the shared settings the light search
+    chose, so the booster's knobs are tuned in the setting the written config will use."""
+    from models.config import config_to_dict
+
+    plans = {}
+
+    def fake_search(search, plan, search_dir, data, trials, echo):  # light trial 1 wins; nothing trains
+        plans[search] = plan
+        return [{"trial": t.index, "config": config_to_dict(t.config), "validation_auc": 0.6 + 0.1 * t.index,
+                 "metric": f"{search}_auc", "validation_logloss": None, "best_epoch": 1, "train_seconds": 1.0,
+                 "examples_per_sec": 1.0} for t in plan], 0
+
+    monkeypatch.setattr(tune_lib, "_run_search", fake_search)
+    res = tune_lib.tune(CONFIG, setup["data"], "both", 2, 3, setup["root"] / "fake", out=None,
+                        overrides=_overrides(), space=setup["space"])
+    winner = plans["light"][1].config
+    assert winner.model.embedding_dim == 4  # differs from the base's (the spec's widths)
+    assert plans["light"][0].config.model.embedding_dim is None
+    for t in plans["booster"]:
+        assert t.config.model.embedding_dim == 4 and t.config.train.batch_size == winner.train.batch_size
+        assert t.config.train.embedding_optimizer == winner.train.embedding_optimizer
+    assert res.chosen["model"]["embedding_dim"] == 4
 
 
 def test_rerun_trains_nothing_even_without_the_results_file(tuned):

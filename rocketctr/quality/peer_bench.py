@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", help="a `rocketctr bench quality` JSON on the same data: its booster-alone and "
                    "light-alone go in the table beside the peer")
     p.add_argument("--tower", default="booster", help="the tower whose features the peer reads (default booster)")
-    for flag, typ, what in (("--emb-dim", int, "one embedding dim for every table (default: the spec's)"),
+    for flag, typ, what in (("--emb-dim", int, "one embedding dim for every table (default: the config's model.embedding_dim, else the spec's)"),
                             ("--hidden", str, "DNN sizes, comma list (default: the config's booster hidden)"),
                             ("--dropout", float, "default: the booster's dropout"),
                             ("--l2", float, "L2 on DNN kernels (default: the booster's l2)"),
@@ -85,7 +85,7 @@ def config_defaults(cfg, spec_name: str) -> dict:
     b, t = cfg.model.booster, cfg.train
     return {"hidden": list(b.hidden), "dropout": b.dropout, "l2": b.l2, "lr": t.booster_optimizer.learning_rate,
             "batch_size": t.batch_size, "epochs": t.epochs, "patience": t.early_stopping_patience,
-            "cross_layers": b.cross_layers, "from": f"config {cfg.name} (booster {b.kind}), spec {spec_name}"}
+            "cross_layers": b.cross_layers, "emb_dim": cfg.model.embedding_dim, "from": f"config {cfg.name} (booster {b.kind}), spec {spec_name}"}
 
 
 def peer_command(python: Path, npz: Path, out: Path, args: argparse.Namespace) -> list[str]:

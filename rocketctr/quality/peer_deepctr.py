@@ -255,7 +255,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-base", type=int, default=0)
     p.add_argument("--tower", default="booster", help="train on the features this tower reads (light, booster, "
                    "all; default booster)")
-    p.add_argument("--emb-dim", type=int, help="one embedding dim for every table (default: the spec's)")
+    p.add_argument("--emb-dim", type=int, help="one embedding dim for every table (default: the config's model.embedding_dim, else the spec's)")
     p.add_argument("--hidden", help="DNN layer sizes, comma list (e.g. 256,128,64)")
     p.add_argument("--dropout", type=float)
     p.add_argument("--l2", type=float, help="L2 on the DNN kernels (DeepCTR l2_reg_dnn)")
@@ -280,7 +280,7 @@ def resolve_settings(args: argparse.Namespace, defaults: dict) -> dict:
     s = {"hidden": hidden, "dropout": float(pick("dropout", args.dropout)), "l2": float(pick("l2", args.l2)),
          "lr": float(pick("lr", args.lr)), "batch_size": int(pick("batch_size", args.batch_size)),
          "epochs": int(pick("epochs", args.epochs)), "patience": int(pick("patience", args.patience)),
-         "cross_layers": int(pick("cross_layers", args.cross_layers)), "emb_dim": args.emb_dim,
+         "cross_layers": int(pick("cross_layers", args.cross_layers)), "emb_dim": args.emb_dim if args.emb_dim is not None else defaults.get("emb_dim"),
          "l2_embedding": float(args.l2_embedding), "linear": bool(args.linear), "tower": args.tower}
     if not hidden or any(h < 1 for h in hidden):
         raise PeerError(f"--hidden: expected positive layer sizes, got {hidden}")

@@ -18,6 +18,8 @@ from pipeline.compare import PairedDiff, mean_std, paired_diff
 from rocketctr.quality.variants import BASELINE, REFERENCE, VARIANTS
 
 METRICS = ("auc", "gauc", "logloss")
+# predicted / observed clicks of the served score, and of the raw logit before the exported Platt layer
+CALIBRATION_KEYS = ("calibration", "calibration_uncalibrated", "logloss", "logloss_uncalibrated")
 
 
 def _by_seed(runs: list[dict], variant: str, tower: str, key: str) -> dict[int, float | None]:
@@ -78,6 +80,8 @@ def summarize(runs: list[dict]) -> dict:
             recovered = d.mean / g if d.mean is not None and booster_better else None
             row["metrics"][m] = {"mean": mean, "std": std, "diff_vs_light_alone": _diff_json(d),
                                  "gap_recovered": recovered}
+        row["calibration"] = {k: dict(zip(("mean", "std"), mean_std(_values(_by_seed(runs, name, tower, k)))))
+                              for k in CALIBRATION_KEYS}
         bauc = _values(booster_by_seed(runs, name, "auc"))
         row["booster_auc"] = dict(zip(("mean", "std"), mean_std(bauc)))
         cost = list(cost_by_seed(runs, name).values())
@@ -149,6 +153,14 @@ def markdown(summary: dict, header: list[str]) -> str:
             f"| {name}", ",".join(map(str, r["seeds"])), *[_pm(m[k]) for k in METRICS], *diffs, *recovered,
             _pm(r["booster_auc"]),
             _pm(r["train_seconds"], ".1f"), _f(r["time_ratio"], ".2f")]) + " |")
+    lines += ["", "## 3. Calibration of the served score (eval split; 1 = as many clicks predicted as happened)", "",
+              "| variant | calibration before (raw logit) | calibration after (exported, Platt) | "
+              "logloss before | logloss after |", "|---|---|---|---|---|"]
+    for r in summary["variants"]:
+        c = r.get("calibration") or {}
+        name = r["variant"] + (" (booster net)" if r["tower"] == "booster" else "")
+        lines.append(f"| {name} | " + " | ".join(_pm(c.get(k) or {}) for k in (
+            "calibration_uncalibrated", "calibration", "logloss_uncalibrated", "logloss")) + " |")
     lines += ["", "Variants:", *[f"- {r['variant']}: {r['what']}" for r in summary["variants"]], "",
               "Definitions: mean +- sample std over seeds; d = paired difference to light-alone by seed with "
               "t = mean / (std / sqrt(n)); gap recovered = mean d / mean gap (section 1); booster AUC = the "
