@@ -109,6 +109,11 @@ class SignatureRunner:
                 out = self._fn(**{k: tf.constant(v) for k, v in inputs.items()})
         except tf.errors.InvalidArgumentError as e:
             raise invalid(f"signature {self.name!r}: {e.message.splitlines()[0]}") from None
+        except UnicodeDecodeError:
+            # TensorFlow's parse error echoes the client's bytes, and turning that status into an exception
+            # fails when they are not UTF-8: still the client's mistake, never an INTERNAL error
+            raise invalid(f"signature {self.name!r}: an input could not be parsed (e.g. bytes that are not a "
+                          f"serialized tf.Example); TensorFlow's message held non-UTF-8 bytes") from None
         result = {k: out[k].numpy() for k in wanted}
         for k, v in result.items():
             if v.dtype.kind == "f" and not np.isfinite(v).all():

@@ -157,6 +157,87 @@ def test_malformed_requests_are_invalid_argument_and_the_server_survives(server,
     assert to_numpy(ok.outputs["ctr"]).shape == (50,)
 
 
+def _mutations(rng: np.random.Generator, spec, raw: dict, examples: list[bytes]):
+    """Seeded random client mistakes (and some legal oddities), one (name, inputs, signature) at a time."""
+    cand = candidates(spec, raw, 30)
+    sigs = {"predict_raw": raw, "score_candidates": cand,
+            "serving_default": {"examples": np.asarray(examples, dtype=object)}}
+
+    def junk(n: int) -> list[bytes]:
+        return [rng.bytes(int(rng.integers(0, 64))) for _ in range(n)]
+
+    while True:
+        sig = ["predict_raw", "score_candidates", "serving_default"][int(rng.integers(3))]
+        inputs = dict(sigs[sig])
+        key = list(inputs)[int(rng.integers(len(inputs)))]
+        v = inputs[key]
+        kind = int(rng.integers(12))
+        if kind == 0:
+            inputs.pop(key)
+        elif kind == 1:
+            inputs["extra_" + str(int(rng.integers(99)))] = np.zeros(len(v), np.float32)
+        elif kind == 2:
+            inputs[key] = v.astype(np.float64) if v.dtype.kind == "f" else np.arange(len(v), dtype=np.int64)
+        elif kind == 3:
+            inputs[key] = v.reshape(len(v), 1, *v.shape[1:]) if v.ndim else v
+        elif kind == 4:
+            inputs[key] = v[0] if len(v) else v
+        elif kind == 5:
+            inputs[key] = v[: int(rng.integers(0, max(1, len(v))))]
+        elif kind == 6:
+            inputs = {k: a[:0] for k, a in inputs.items()}
+        elif kind == 7 and v.dtype.kind == "f":
+            a = v.copy()
+            a.flat[int(rng.integers(a.size))] = [np.nan, np.inf, -np.inf][int(rng.integers(3))]
+            inputs[key] = a
+        elif kind == 8 and v.dtype.kind == "O":
+            a = v.copy()
+            a.flat[int(rng.integers(a.size))] = b"\xff\xfe" + rng.bytes(5)  # not UTF-8
+            inputs[key] = a
+        elif kind == 9:  # random bytes where serialized tf.Examples belong
+            inputs = {"examples": np.asarray(junk(int(rng.integers(1, 40))), dtype=object)}
+            sig = "serving_default"
+        elif kind == 10:  # valid examples cut short or with bytes flipped
+            out = []
+            for e in examples[: int(rng.integers(1, len(examples) + 1))]:
+                b = bytearray(e)
+                if rng.random() < 0.5:
+                    b = b[: int(rng.integers(0, len(b)))]
+                else:
+                    for _ in range(int(rng.integers(1, 4))):
+                        b[int(rng.integers(len(b)))] = int(rng.integers(256))
+                out.append(bytes(b))
+            inputs = {"examples": np.asarray(out, dtype=object)}
+            sig = "serving_default"
+        else:
+            inputs[key] = v.astype(str).astype(object) if v.dtype.kind == "f" else np.zeros(len(v), np.float32)
+        yield f"{sig}/{kind}/{key}", inputs, sig
+
+
+def test_fuzzed_requests_never_reach_internal_and_the_server_keeps_serving(server, stub, spec, raw, run_dir):
+    """600 seeded mutations of valid requests over the three signatures: every answer is OK with finite scores
+    or INVALID_ARGUMENT with a message; never INTERNAL / UNKNOWN; valid requests still work afterwards."""
+    from models.run import read_run_config
+
+    _, data_dir, _ = read_run_config(run_dir)
+    examples = read_eval_examples(data_dir, 20)
+    rng = np.random.default_rng(1234)
+    codes: dict = {}
+    for _, (name, inputs, sig) in zip(range(600), _mutations(rng, spec, raw, examples)):
+        try:
+            resp = stub.Predict(_request(inputs, sig), timeout=30)
+        except grpc.RpcError as e:
+            codes[e.code()] = codes.get(e.code(), 0) + 1
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details(), (name, e.code(), e.details())
+            continue
+        codes["OK"] = codes.get("OK", 0) + 1
+        assert np.isfinite(to_numpy(resp.outputs["ctr"])).all(), name
+    print(f"fuzz: {codes}")
+    assert codes.get(grpc.StatusCode.INVALID_ARGUMENT, 0) > 300
+    ok = stub.Predict(_request(candidates(spec, raw, 50), "score_candidates"), timeout=30)
+    assert to_numpy(ok.outputs["ctr"]).shape == (50,)
+
+
 def test_unknown_and_odd_values_get_finite_scores(stub, spec, raw):
     """Unknown categories go to the OOV buckets; empty strings and odd bytes are values, not errors."""
     cat_feats = [f.name for f in spec.by_kind("categorical")]
