@@ -166,3 +166,65 @@ def test_export_while_serving_gets_served(exported, run_dir, loaded_run):
                                    atol=1e-6)  # same run, same weights
         assert handle.registry.available_versions == [2]
     assert export_mod.PARITY_TOLERANCE == 1e-5 and sys.modules["serving.export"] is export_mod
+
+
+# ---- the export as TF's own tooling sees it (what the TF Serving binary will load) -------------------------
+
+def _saved_model_cli(*args: str) -> str:
+    """Run TF's saved_model_cli in a fresh process (the venv's console script); its stdout."""
+    import subprocess
+
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    proc = subprocess.run([str(cli), *args], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, f"saved_model_cli {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _example_literal(serialized: bytes) -> str:
+    """A serialized tf.Example as saved_model_cli's --input_examples literal ({feature: [values]})."""
+    ex = tf.train.Example.FromString(serialized)
+    row = {}
+    for name, feat in ex.features.feature.items():
+        kind = feat.WhichOneof("kind")
+        values = list(getattr(feat, kind).value)
+        if not values:
+            continue  # the CLI types a feature by its first value; a missing one is parsed as its default
+        row[name] = [v.decode() for v in values] if kind == "bytes_list" else \
+            [float(v) for v in values] if kind == "float_list" else [int(v) for v in values]
+    return repr(row)
+
+
+def test_saved_model_cli_shows_and_runs_the_export_like_tf_serving(exported, loaded_run):
+    shown = _saved_model_cli("show", "--dir", str(exported), "--all")
+    for sig in ("serving_default", "predict_raw", "score_candidates"):
+        assert f"signature_def['{sig}']" in shown
+    assert "outputs['ctr']" in shown and "outputs['logit_uncalibrated']" in shown
+    examples = read_eval_examples(loaded_run.data_dir, 3)
+    literal = "[" + ",".join(_example_literal(e) for e in examples) + "]"
+    out = _saved_model_cli("run", "--dir", str(exported), "--tag_set", "serve", "--signature_def",
+                           "serving_default", "--input_examples", f"examples={literal}")
+    text = out.split("Result for output key ctr:", 1)[1].split("Result for output key", 1)[0]
+    cli_ctr = np.array([float(x) for x in text.replace("[", " ").replace("]", " ").split()], np.float64)
+    served = tf.saved_model.load(str(exported)).signatures["serving_default"](
+        examples=tf.constant(examples))["ctr"].numpy()
+    np.testing.assert_allclose(cli_ctr, served, atol=1e-5)  # the CLI's own Example encoding scores the same
+
+
+def test_every_op_of_the_export_is_a_stock_tensorflow_op(exported):
+    """No PyFunc and no custom op anywhere in the graph or its functions: loadable by the TF Serving binary."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow.python.framework import op_def_registry
+
+    sm = saved_model_pb2.SavedModel.FromString((exported / "saved_model.pb").read_bytes())
+    ops = set()
+    for mg in sm.meta_graphs:
+        ops |= {n.op for n in mg.graph_def.node}
+        for fn in mg.graph_def.library.function:
+            ops |= {n.op for n in fn.node_def}
+    fn_names = {fn.signature.name for mg in sm.meta_graphs for fn in mg.graph_def.library.function}
+    ops -= fn_names  # calls of the graph's own functions
+    assert {"ParseExample", "ParseExampleV2"} & ops  # the serving_default parse is in the graph
+    assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+    unknown = sorted(op for op in ops if op_def_registry.get(op) is None)
+    assert not unknown, f"ops not registered in stock TensorFlow: {unknown}"
