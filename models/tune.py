@@ -12,6 +12,10 @@ config (WORKDIR/<search>/trials.jsonl) and train nothing twice, like the quality
 width, batch, epochs/patience) plus light_optimizer, because the light net is what gets served; the booster one
 then varies only the booster's own knobs (its optimizer, dropout, L2) on top of the shared settings the light
 search chose (its trial 0 = the base with those settings), so they are tuned where they will be used.
+--mode rocket searches co-training itself (hint weight, hint into the shared tables, shared tables at all) in
+rocket mode, scored on the light net's validation AUC; --mode all runs light, booster, then rocket, each on the
+previous searches' choice. A co-training setting that helps on one log can hurt on another (measured: Jester),
+so the hint is tuned per log like everything else, and hint_weight 0 (plain co-training) is a candidate.
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ from models.train import train
 
 log = logging.getLogger("rocketctr.tune")
 
-TUNE_MODES = ("light", "booster", "both")
-SECTIONS = ("common", "light", "booster")
-# search -> the space sections it varies; in --mode both the booster search starts from the light search's choice
+TUNE_MODES = ("light", "booster", "both", "rocket", "all")
+SECTIONS = ("common", "light", "booster", "rocket")
+# search -> the space sections it varies; in both/all each search starts from the previous searches' choice
 SEARCHES = {"light": [("light", ("common", "light"))], "booster": [("booster", ("common", "booster"))],
-            "both": [("light", ("common", "light")), ("booster", ("booster",))]}
+            "both": [("light", ("common", "light")), ("booster", ("booster",))],
+            "rocket": [("rocket", ("rocket",))],
+            "all": [("light", ("common", "light")), ("booster", ("booster",)), ("rocket", ("rocket",))]}
 
 
 def _adam(lr: float) -> dict:
@@ -62,6 +68,10 @@ DEFAULT_SPACE: dict[str, dict[str, list]] = {
     "light": {"train.light_optimizer": [_adam(lr) for lr in (0.001, 0.003, 0.01)]},
     "booster": {"train.booster_optimizer": [_adam(lr) for lr in (0.001, 0.003, 0.01)],
                 "model.booster.dropout": [0.0, 0.1, 0.3], "model.booster.l2": [0.0, 1e-5, 1e-4]},
+    # co-training itself, scored on the light net (what is served): how hard the hint pulls, whether it reaches
+    # the shared tables, and whether the towers share tables at all (the gradient block stays on)
+    "rocket": {"model.loss.hint_weight": [0.0, 0.1, 0.3, 1.0], "model.loss.hint_into_shared": [False, True],
+               "model.share_embeddings": [True, False]},
 }
 
 
@@ -74,7 +84,7 @@ class Trial:
 
 @dataclass
 class TuneResult:
-    mode: str  # light | booster | both
+    mode: str  # one of TUNE_MODES
     rows: dict[str, list[dict]]  # search -> one row per trial, in trial order
     best: dict[str, dict]  # search -> its best row (highest validation AUC, the lower trial on ties)
     chosen: dict  # nested config values the winners set (what --write-config folds into base)
@@ -150,7 +160,8 @@ def trial_list(base: RunConfig, mode: str, space: dict[str, dict[str, list]], se
     """Trial 0 = base; then seeded random draws over `sections`, skipping configs already in the list.
 
     The draws come from one RNG stream per (mode, seed) and never depend on n, so trial k is the same for any
-    n > k. A patience with a single epoch is moot and set to 0 so it cannot pose as a distinct trial.
+    n > k. A patience with a single epoch is moot and set to 0, and so is hint_into_shared without a hint or
+    without shared tables, so a moot setting cannot pose as a distinct trial.
     """
     if n < 1:
         raise ConfigError(f"--trials must be >= 1, got {n}")
@@ -175,6 +186,9 @@ def trial_list(base: RunConfig, mode: str, space: dict[str, dict[str, list]], se
         params = {k: rng.choice(v) for k, v in keys}
         if params.get("train.epochs") == 1 and "train.early_stopping_patience" in params:
             params["train.early_stopping_patience"] = 0
+        if "model.loss.hint_into_shared" in params and (params.get("model.loss.hint_weight") == 0.0
+                                                        or params.get("model.share_embeddings") is False):
+            params["model.loss.hint_into_shared"] = False  # no hint, or no shared table for it to reach: moot
         k = len(trials)
         cfg = _trial_config(raw, mode, k, params, f"tune {mode} trial {k} {params}")
         ident = json.dumps({**config_to_dict(cfg), "name": None}, sort_keys=True)

@@ -154,6 +154,50 @@ def test_the_booster_search_runs_on_the_light_searchs_shared_choice(setup, monke
     assert res.chosen["model"]["embedding_dim"] == 4
 
 
+def test_all_mode_searches_co_training_last_on_both_choices(setup, monkeypatch):
+    """--mode all: light, booster, then a rocket-mode search over the hint settings whose trials carry what the
+    first two chose; the rocket search decides only its own keys and is scored on the light net."""
+    from models.config import config_to_dict
+
+    plans = {}
+
+    def fake_search(search, plan, search_dir, data, trials, echo):  # the last trial of each search wins
+        plans[search] = plan
+        return [{"trial": t.index, "config": config_to_dict(t.config), "validation_auc": 0.6 + 0.01 * t.index,
+                 "metric": f"{'light' if search == 'rocket' else search}_auc", "validation_logloss": None,
+                 "best_epoch": 1, "train_seconds": 1.0, "examples_per_sec": 1.0} for t in plan], 0
+
+    monkeypatch.setattr(tune_lib, "_run_search", fake_search)
+    res = tune_lib.tune(CONFIG, setup["data"], "all", 3, 3, setup["root"] / "fake_all", out=None,
+                        overrides=_overrides(), space=setup["space"])
+    assert list(plans) == ["light", "booster", "rocket"]
+    light, booster = plans["light"][-1].config, plans["booster"][-1].config
+    for t in plans["rocket"]:
+        c = t.config
+        assert c.train.mode == "rocket"
+        assert c.train.batch_size == light.train.batch_size and c.model.embedding_dim == light.model.embedding_dim
+        assert c.train.booster_optimizer == booster.train.booster_optimizer
+        assert c.model.booster.dropout == booster.model.booster.dropout
+    winner = plans["rocket"][-1].config
+    assert res.chosen["model"]["loss"]["hint_weight"] == winner.model.loss.hint_weight
+    assert res.chosen["model"]["share_embeddings"] == winner.model.share_embeddings
+
+
+def test_moot_co_training_settings_are_not_separate_trials():
+    """hint_into_shared means nothing without a hint or without shared tables: such draws are folded to False,
+    so the rocket search never spends two trials on one model."""
+    base = tune_lib.base_config(CONFIG, _overrides())
+    trials = tune_lib.trial_list(base, "rocket", tune_lib.load_space(None), ("rocket",), 0, 11)
+    assert len(trials) == 11  # 3 weights x 2 + (weight 0) + 4 unshared = 11 distinct models
+    for t in trials[1:]:
+        p = t.params
+        if p["model.loss.hint_weight"] == 0.0 or p["model.share_embeddings"] is False:
+            assert p["model.loss.hint_into_shared"] is False
+        assert t.config.train.mode == "rocket"
+    with pytest.raises(ConfigError, match="yielded only 11 distinct trials"):
+        tune_lib.trial_list(base, "rocket", tune_lib.load_space(None), ("rocket",), 0, 12)
+
+
 def test_rerun_trains_nothing_even_without_the_results_file(tuned):
     forbid = Counter()
     with pytest.MonkeyPatch.context() as mp:

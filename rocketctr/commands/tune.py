@@ -16,7 +16,7 @@ import sys
 
 from models.config import ConfigError, _merge, parse_override
 
-TUNE_MODES = ("light", "booster", "both")  # models.tune.TUNE_MODES (not imported here: --help stays TF-free)
+TUNE_MODES = ("light", "booster", "both", "rocket", "all")  # models.tune.TUNE_MODES (not imported here: --help stays TF-free)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="training config YAML ({base, experiments}); its base is trial 0")
     p.add_argument("--mode", choices=TUNE_MODES, required=True,
                    help="which tower to search for; both = a light search (shared settings + light_optimizer) "
-                        "and a booster search (booster_optimizer, dropout, l2)")
+                        "and a booster search (booster_optimizer, dropout, l2); rocket = the co-training "
+                        "settings (hint weight, hint into shared tables, shared tables) in rocket mode, scored on "
+                        "the light net; all = light, booster, rocket in that order")
     p.add_argument("--trials", type=int, required=True, help="trials per search, trial 0 = the config's base")
     p.add_argument("--seed", type=int, default=0, help="seed of the trial list (default 0)")
     p.add_argument("--workdir", required=True, help="trial runs and trials.jsonl go to WORKDIR/<light|booster>/; "
