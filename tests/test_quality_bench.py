@@ -192,6 +192,25 @@ def test_no_gap_recovered_share_when_the_booster_is_not_better():
     assert "does NOT beat the light net" in markdown(summary, ["- header"])
 
 
+def test_the_validation_based_choice_is_reported_against_light_alone():
+    """Section 4: per seed the light net with the best validation AUC (never the LR floor, never the booster) is
+    what would be served; its eval AUC is paired against light-alone's."""
+    # (variant, seed): (validation AUC, eval AUC)
+    raw = {("light_alone", 0): (0.70, 0.71), ("light_alone", 1): (0.72, 0.70),
+           ("lr_floor", 0): (0.99, 0.99), ("lr_floor", 1): (0.99, 0.99),
+           ("booster_alone", 0): (0.99, 0.99), ("booster_alone", 1): (0.99, 0.99),
+           ("rocket", 0): (0.75, 0.74), ("rocket", 1): (0.71, 0.73)}
+    runs = [{"variant": v, "seed": s, "train_seconds": 1.0, "validation": {"best": val},
+             "metrics": {("booster" if v == "booster_alone" else "light"): {"auc": ev, "gauc": ev, "logloss": 0.5}}}
+            for (v, s), (val, ev) in raw.items()]
+    vc = summarize(runs)["validation_choice"]
+    assert vc["candidates"] == ["light_alone", "rocket"]
+    assert vc["picks"] == {0: "rocket", 1: "light_alone"}  # seed 1: rocket loses on validation, light-alone served
+    assert vc["diff_vs_light_alone"]["mean"] == pytest.approx((0.74 - 0.71 + 0.0) / 2)
+    md = markdown(summarize(runs), ["- header"])
+    assert "## 4. The net a validation-based choice serves" in md and "seed 0: rocket, seed 1: light_alone" in md
+
+
 def test_calibration_before_and_after_is_summarised_per_served_net():
     """Section 3 shows the served score's calibration next to the raw logit's, mean over seeds."""
     cal = {("light_alone", 0): (1.20, 1.01), ("light_alone", 1): (1.10, 0.99),

@@ -15,7 +15,7 @@ Definitions (all recomputable by hand from the JSON's `runs`):
 from __future__ import annotations
 
 from pipeline.compare import PairedDiff, mean_std, paired_diff
-from rocketctr.quality.variants import BASELINE, REFERENCE, VARIANTS
+from rocketctr.quality.variants import BASELINE, LR_FLOOR, REFERENCE, VARIANTS
 
 METRICS = ("auc", "gauc", "logloss")
 # predicted / observed clicks of the served score, and of the raw logit before the exported Platt layer
@@ -89,7 +89,34 @@ def summarize(runs: list[dict]) -> dict:
         row["time_ratio"] = (row["train_seconds"]["mean"] / base_cost
                              if row["train_seconds"]["mean"] is not None and base_cost else None)
         rows.append(row)
-    return {"gap": gap, "variants": rows}
+    return {"gap": gap, "variants": rows, "validation_choice": validation_choice(runs)}
+
+
+def serving_candidates(runs: list[dict]) -> list[str]:
+    """The light nets a validation-based choice picks from (as `rocketctr demo` does): every variant that serves a
+    light net, light-alone included, but not the LR floor (a reference)."""
+    return [v for v in VARIANTS if v != LR_FLOOR and served_tower(v) == "light"
+            and any(r["variant"] == v for r in runs)]
+
+
+def validation_choice(runs: list[dict]) -> dict:
+    """Per seed, the candidate with the best light-net validation AUC (the train split's slice; ties go to the
+    earlier candidate, light-alone first) and its eval AUC paired against light-alone: does choosing on
+    validation ever serve a net that loses on eval?"""
+    names = serving_candidates(runs)
+    by = {(r["variant"], r["seed"]): r for r in runs}
+    picks, chosen_auc = {}, {}
+    for seed in sorted({r["seed"] for r in runs if r["variant"] == BASELINE}):
+        scores = {n: ((by.get((n, seed)) or {}).get("validation") or {}).get("best") for n in names}
+        scored = [n for n in names if scores[n] is not None and (by[(n, seed)]["metrics"].get("light") or {})]
+        if not scored:
+            continue
+        pick = max(scored, key=lambda n: scores[n])
+        picks[seed] = pick
+        chosen_auc[seed] = by[(pick, seed)]["metrics"]["light"].get("auc")
+    d = paired_diff(chosen_auc, _by_seed(runs, BASELINE, "light", "auc"))
+    return {"candidates": names, "picks": picks, "auc": dict(zip(("mean", "std"), mean_std(_values(chosen_auc)))),
+            "diff_vs_light_alone": _diff_json(d)}
 
 
 # ------------------------------------------------------------------------------------------------ markdown
@@ -161,6 +188,14 @@ def markdown(summary: dict, header: list[str]) -> str:
         name = r["variant"] + (" (booster net)" if r["tower"] == "booster" else "")
         lines.append(f"| {name} | " + " | ".join(_pm(c.get(k) or {}) for k in (
             "calibration_uncalibrated", "calibration", "logloss_uncalibrated", "logloss")) + " |")
+    vc = summary.get("validation_choice") or {}
+    if vc.get("picks"):
+        picks = ", ".join(f"seed {s}: {n}" for s, n in sorted(vc["picks"].items()))
+        lines += ["", "## 4. The net a validation-based choice serves (as `rocketctr demo` chooses)", "",
+                  f"Candidates: {', '.join(vc['candidates'])}; per seed the best light-net AUC on the validation "
+                  f"slice of the train split wins ({picks}).", "",
+                  "| chosen net: eval AUC | dAUC vs light-alone |", "|---|---|",
+                  f"| {_pm(vc['auc'])} | {_diff(vc['diff_vs_light_alone'])} |"]
     lines += ["", "Variants:", *[f"- {r['variant']}: {r['what']}" for r in summary["variants"]], "",
               "Definitions: mean +- sample std over seeds; d = paired difference to light-alone by seed with "
               "t = mean / (std / sqrt(n)); gap recovered = mean d / mean gap (section 1); booster AUC = the "

@@ -18,6 +18,7 @@ from models.config import RunConfig, load_config
 BASELINE = "light_alone"  # the served net trained alone: every difference is paired against it
 REFERENCE = "booster_alone"  # the big net trained alone: the gap the light net could recover
 KD_TEACHER = REFERENCE  # two-stage KD distils the booster-alone run of the same seed
+LR_FLOOR = "lr_floor"  # a reference the light net must beat, never a net we would serve
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant(BASELINE, "light_only", "light", "light net trained alone"),
-    Variant("lr_floor", "light_lr", "light", "the LR floor: logistic regression (one weight per id) trained alone"),
+    Variant(LR_FLOOR, "light_lr", "light", "the LR floor: logistic regression (one weight per id) trained alone"),
     Variant(REFERENCE, "booster_only", "booster", "booster trained alone (the reference and the KD teacher)"),
     Variant("rocket", "rocket", "rocket", "rocket launching as shipped: shared embeddings, hint (kept out of the "
             "shared tables), gradient block"),
