@@ -206,7 +206,9 @@ class TrainingJob:
         p = self._restore(resume)
         self._prepare_data()
         resumed_at = p.global_step if resume else None
-        step_cb = StepCallback(p, self.t.batch_size * (1.0 - self.fraction), self.writers["train"],
+        # rows per step: a cached batch holds only rows trained on; a streamed batch loses the held-out share
+        rows_per_step = self.t.batch_size * (1.0 if self.cache else 1.0 - self.fraction)
+        step_cb = StepCallback(p, rows_per_step, self.writers["train"],
                                self.t.log_every_steps, self.t.checkpoint_every_steps, lambda: self._save(p))
         stopped_early = False
         while p.epoch < self.t.epochs and not self._out_of_steps(p):

@@ -213,7 +213,8 @@ def _row(trial: Trial, mode: str, run: Path, data_dir: str) -> dict:
     m = json.loads((run / "metrics.json").read_text())
     v = m.get("validation") or {}
     # the searched tower's validation logloss at the exported (best-epoch) weights, before its Platt layer
-    fitted = (((m.get("calibration") or {}).get(mode) or {}).get("validation") or {})
+    tower = "booster" if mode == "booster" else "light"  # what the trial is scored on (rocket: the light net)
+    fitted = (((m.get("calibration") or {}).get(tower) or {}).get("validation") or {})
     logloss = fitted.get("logloss_before")
     return {"trial": trial.index, "mode": mode, "params": trial.params, "config": config_to_dict(trial.config),
             "data_dir": data_dir, "run_dir": str(run), "metric": v.get("metric"),

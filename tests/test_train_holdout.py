@@ -155,6 +155,10 @@ def test_training_records_the_rule_it_validated_on(tmp_path, cache_mb):
                       cache_max_mb=cache_mb)
     cfg = dataclasses.replace(cfg, spec=str(spec.path))
     run = train(cfg, data, tmp_path / "run", verbose=0)
-    v = json.loads((run / "metrics.json").read_text())["validation"]
+    m = json.loads((run / "metrics.json").read_text())
+    v = m["validation"]
     assert v["method"] == "time" and v["cutoff"] == holdout_for(spec, FRACTION, data_dir=str(data)).cutoff
     assert v["cached"] is (cache_mb > 0) and 0.0 < v["best"] < 1.0
+    if cache_mb > 0 and m["epochs_completed"] == 2:  # cached: every trained row counted exactly, once per epoch
+        total = artifacts.read_stats(data).train_rows
+        assert m["examples"] == 2 * (total - v["rows"])
