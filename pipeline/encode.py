@@ -9,8 +9,8 @@ Building `tf.train.Example` messages in Python is the known bottleneck of the jo
 
 Everything that depends only on the key (and, for short values, on the value's length) is precomputed, so a
 single-valued field costs one table lookup and one concatenation; all floats of a row are packed by one
-struct call when none is missing. tests/test_preprocess_encode.py checks the bytes against the protobuf
-serializer and parses them with tf.io.parse_example.
+struct call when none is missing. tests/test_preprocess_units.py decodes the bytes with protobuf
+(equal messages) and parses them with tf.io.parse_example.
 """
 
 from __future__ import annotations
