@@ -297,3 +297,9 @@ def test_validation_fraction_zero_and_bad_space_keys_are_clear_errors(setup, tmp
     with pytest.raises(ConfigError, match="batch_sise"):
         tune_lib.tune(CONFIG, setup["data"], "light", 2, 0, tmp_path, overrides=_overrides(), space=bad)
     assert not list(tmp_path.glob("light/trial_*"))  # nothing trained before the checks
+
+
+def test_the_cli_offers_exactly_the_library_modes():
+    """The CLI keeps its own copy of the modes (its --help must not import TensorFlow): it must not drift."""
+    assert tune_cmd.TUNE_MODES == tune_lib.TUNE_MODES
+    assert set(tune_lib.SEARCHES) == set(tune_lib.TUNE_MODES)
