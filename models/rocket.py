@@ -21,7 +21,7 @@ from models.embeddings import Embedder, Fields, with_embedding_dim
 from models.inputs import FeatureInputs, build_feature_inputs
 from models.interval import SharedDense, build_interval
 from models.losses import rocket_loss
-from models.teacher import Teacher, as_teacher, make_optimizer
+from models.optimizers import Teacher, as_teacher, make_optimizer
 from models.towers import build_tower
 
 # Nothing here branches on tensor values; skipping AutoGraph's source rewriting cuts tracing time ~15x (measured on synthetic).

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from feature_specs import artifacts
 from feature_specs.schema import FeatureSpec
-from models import data, data_cache, distribute, evaluate
+from models import data, data_cache, distribute, split_scoring
 from models import calibration
 from models.callbacks import Progress, StepCallback, TrainState, write_scalars
 from models.config import ConfigError, RunConfig
@@ -252,9 +252,9 @@ class TrainingJob:
             return False
         # exact per-tower AUC/logloss (not Keras' binned streaming AUC); every worker scores the whole slice
         # with the same synchronous weights, so all of them take the same early-stopping decision
-        labels, logits = self._guard(self.train_files, lambda: evaluate.score_dataset(
+        labels, logits = self._guard(self.train_files, lambda: split_scoring.score_dataset(
             self.model, self._scoring_ds("train", "validation")))
-        res = {f"{t}_{k}": v for t, m in evaluate.tower_metrics(labels, logits).items() for k, v in m.items()
+        res = {f"{t}_{k}": v for t, m in split_scoring.tower_metrics(labels, logits).items() for k, v in m.items()
                if k in ("auc", "logloss")}
         write_scalars(self.writers["validation"], p.global_step, res)
         log.info("epoch %d validation: %s", p.epoch, {k: round(float(v), 5) for k, v in res.items()})
@@ -292,9 +292,9 @@ class TrainingJob:
         if not self.role.is_chief:
             return
         eval_files = self._usable_shards("eval")
-        labels, logits, weights = self._guard(eval_files, lambda: evaluate.score_dataset_weighted(
+        labels, logits, weights = self._guard(eval_files, lambda: split_scoring.score_dataset_weighted(
             self.model, self._scoring_ds("eval", "all")))
-        towers = evaluate.tower_metrics(labels, logits)
+        towers = split_scoring.tower_metrics(labels, logits)
         write_scalars(self.writers["eval"], p.global_step,
                       {f"{t}_{k}": v for t, m in towers.items() for k, v in m.items() if k != "rows"})
         exported = self._export()
@@ -333,7 +333,7 @@ class TrainingJob:
             maps = self.model.attach_calibration()
         labels = logits = weights = None
         if self.t.validation_fraction > 0:
-            labels, logits, weights = self._guard(self.train_files, lambda: evaluate.score_dataset_weighted(
+            labels, logits, weights = self._guard(self.train_files, lambda: split_scoring.score_dataset_weighted(
                 self.model, self._scoring_ds("train", "validation")))
         fits: dict[str, tuple[calibration.PlattFit, dict | None]] = {}
         for t in self.model.tower_names:

@@ -88,9 +88,9 @@ def run_demo(out_dir: str | Path, rows: int = 1_000_000, seed: int = 0, workers:
     """Run every stage; the gRPC server it starts is stopped on success, failure and Ctrl-C alike."""
     from models.config import load_config
     from models.train import train
-    from pipeline.evaluate import evaluate
-    from pipeline.preprocess import preprocess
-    from pipeline.simulate import simulate
+    from pipeline.evaluate.eval_job import evaluate
+    from pipeline.preprocess.preprocess_job import preprocess
+    from pipeline.simulator.click_logs import simulate
     from serving.export import export_run
 
     quiet_logs()

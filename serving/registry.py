@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import tensorflow as tf
 
-from serving.metrics import Metrics
+from serving.monitoring import Metrics
 from serving.signatures import RequestError, Servable, decode_inputs, load_servable
 from serving.warmup import read_warmup
 

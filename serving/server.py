@@ -22,7 +22,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from serving.metrics import Metrics, MetricsServer, json_logger
+from serving.monitoring import Metrics, MetricsServer, json_logger
 from serving.registry import ModelRegistry
 from serving.signatures import RequestError, Servable, decode_inputs, invalid
 from serving.tensors import fill_proto

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT = ("feature_specs", "pipeline", "models", "serving", "rocketctr")
+PROJECT = ("common", "feature_specs", "pipeline", "models", "serving", "rocketctr")
 ALLOWED = {
-    "feature_specs": {"feature_specs"},
-    "pipeline": {"feature_specs", "pipeline"},
-    "models": {"feature_specs", "models"},
-    "serving": {"feature_specs", "models", "serving"},
+    "common": {"common"},
+    "feature_specs": {"common", "feature_specs"},
+    "pipeline": {"common", "feature_specs", "pipeline"},
+    "models": {"common", "feature_specs", "models"},
+    "serving": {"common", "feature_specs", "models", "serving"},
     "rocketctr": set(PROJECT),
 }
 

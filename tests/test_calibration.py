@@ -23,8 +23,8 @@ from models import calibration
 from models.config import ConfigError, load_config
 from models.run import RunPaths, build_for, load_run, write_run_config
 from models.train import train
-from pipeline.layout import WIRE_BYTES, WIRE_FLOAT, FieldPlan
-from pipeline.sampling import SampleNegatives, keep_negative, sampling_seed
+from pipeline.preprocess.record_layout import WIRE_BYTES, WIRE_FLOAT, FieldPlan
+from pipeline.preprocess.negative_sampling import SampleNegatives, keep_negative, sampling_seed
 from serving.export import export_run, read_eval_examples
 from tests.fixtures_data import synthetic_frame, write_fixture_dataset
 from tests.train_helpers import CONFIG, fast_config, fixture_data
@@ -257,9 +257,9 @@ def _sampled_spec_file(directory: Path, rate: float) -> Path:
 
 
 def test_preprocess_samples_train_negatives_only(tmp_path):
-    from pipeline.preprocess import preprocess
-    from pipeline.simulate import simulate
-    from pipeline.split import hash_fraction
+    from pipeline.preprocess.preprocess_job import preprocess
+    from pipeline.simulator.click_logs import simulate
+    from pipeline.preprocess.train_eval_split import hash_fraction
 
     rate = 0.25
     sim = simulate(3000, tmp_path / "raw", seed=4)
@@ -324,8 +324,8 @@ def test_sampling_correction_restores_calibration_on_the_unsampled_eval(sampled_
 
 
 def test_offline_eval_reports_calibration_before_and_after(exported, data_dir, tmp_path):
-    from pipeline import eval_report
-    from pipeline.evaluate import evaluate
+    from pipeline.evaluate import eval_report
+    from pipeline.evaluate.eval_job import evaluate
 
     out = evaluate(exported, data_dir, tmp_path / "eval", beam_args=["--runner=FnApiRunner"])
     doc = json.loads((out / eval_report.METRICS_FILE).read_text())

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 import eval_fixtures as fx
-from pipeline import metrics
-from pipeline.eval_models import ModelResolveError, resolve_model
-from pipeline.evaluate import evaluate
+from common import metrics
+from pipeline.evaluate.model_source import ModelResolveError, resolve_model
+from pipeline.evaluate.eval_job import evaluate
 from test_metrics import brute_auc
 
 A, B = 1.5, -1.0  # the candidate scores logit = A * x + B

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import eval_fixtures as fx
-from pipeline.compare import compare, mean_std, paired_diff
+from pipeline.evaluate.compare_runs import compare, mean_std, paired_diff
 from rocketctr import cli
 
 # (a, b, c) of logit = a*x + b + c*noise: more noise = a worse ranking

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from pipeline.compare import CompareError, compare, mean_std, paired_diff
+from pipeline.evaluate.compare_runs import CompareError, compare, mean_std, paired_diff
 
 
 def write_eval(path, models: dict, data="/d", split="eval"):

@@ -1,4 +1,4 @@
-"""Hand-worked and brute-force checks of the pure metric functions (pipeline/metrics.py)."""
+"""Hand-worked and brute-force checks of the pure metric functions (common/metrics.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import metrics
+from common import metrics
 
 
 def brute_auc(s, y, w=None) -> float | None:

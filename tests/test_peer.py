@@ -18,7 +18,7 @@ import tensorflow as tf
 import feature_specs
 from models import data as model_data
 from models.inputs import build_feature_inputs
-from rocketctr.quality import peer_bench, peer_data, peer_deepctr
+from rocketctr.bench.quality import peer_bench, peer_data, peer_deepctr
 from tests.train_helpers import CONFIG, REPO, fixture_data
 
 PEER_PYTHON = REPO / ".venv-peer" / "bin" / "python"
@@ -178,7 +178,7 @@ def test_peer_script_without_deepctr_names_the_peer_env(tmp_path, capsys):
 def test_bench_is_registered():
     from rocketctr.commands.bench import BENCHMARKS
 
-    assert BENCHMARKS["peer"] == "rocketctr.quality.peer_bench"
+    assert BENCHMARKS["peer"] == "rocketctr.bench.quality.peer_bench"
     assert importlib.import_module(BENCHMARKS["peer"]).main is peer_bench.main
 
 

@@ -17,9 +17,9 @@ from feature_specs import load_spec
 from feature_specs.numeric import pre_transform
 from feature_specs.artifacts import list_shards, read_manifest, read_stats, read_vocab
 from feature_specs.derive import parse_spec
-from pipeline.preprocess import PreprocessError, preprocess, run
-from pipeline.simulate import simulate
-from pipeline.split import hash_fraction
+from pipeline.preprocess.preprocess_job import PreprocessError, preprocess, run
+from pipeline.simulator.click_logs import simulate
+from pipeline.preprocess.train_eval_split import hash_fraction
 
 IN_PROCESS = ["--runner=FnApiRunner"]
 PLANTED = {"empty_line": 2, "column_count": 2, "bad_number": 1, "bad_label": 1, "invalid_encoding": 1,

@@ -15,13 +15,13 @@ from apache_beam.testing.util import assert_that, equal_to
 from feature_specs.derive import parse_spec
 from feature_specs.loader import spec_from_dict
 from feature_specs.schema import Split
-from pipeline.analyze import AnalyzeTrain, finalize_vocab, merge_moments, moments_of
-from pipeline.counting import CountKeys, constant_key
-from pipeline.encode import ExampleEncoder, varint
-from pipeline.join import COGROUP, SIDE_INPUT, JoinSideTable, ReadSideTable, appended_columns
-from pipeline.layout import record_layout
-from pipeline.split import AssignSplit, hash_fraction, time_cutoff
-from pipeline.validate import REASONS, REJECTED, LineParser, ParseAndValidateLines, Reject, RowConverter, \
+from pipeline.preprocess.analyze import AnalyzeTrain, finalize_vocab, merge_moments, moments_of
+from pipeline.preprocess.counting import CountKeys, constant_key
+from pipeline.preprocess.encode import ExampleEncoder, varint
+from pipeline.preprocess.join import COGROUP, SIDE_INPUT, JoinSideTable, ReadSideTable, appended_columns
+from pipeline.preprocess.record_layout import record_layout
+from pipeline.preprocess.train_eval_split import AssignSplit, hash_fraction, time_cutoff
+from pipeline.preprocess.validate import REASONS, REJECTED, LineParser, ParseAndValidateLines, Reject, RowConverter, \
     reason_of
 
 RAW = {

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from rocketctr import quality_bench
-from rocketctr.quality import scoring
-from rocketctr.quality.summary import markdown, summarize
-from rocketctr.quality.variants import VARIANTS, resolve_variants, variant_config
+from rocketctr.bench.quality import quality_bench
+from rocketctr.bench.quality import eval_scores
+from rocketctr.bench.quality.summary import markdown, summarize
+from rocketctr.bench.quality.variants import VARIANTS, resolve_variants, variant_config
 from tests import eval_fixtures as fx
 from tests.train_helpers import CONFIG, fixture_data
 
@@ -112,8 +112,8 @@ def test_direct_metrics_equal_the_beam_eval_job_on_a_trained_run(bench, tmp_path
     data, _out, doc = bench
     run = Path(next(r["run_dir"] for r in doc["runs"] if r["variant"] == "rocket"))
     # one example per model call on both sides: identical model outputs, so any difference is the metric code
-    direct = scoring.score_run_direct(run, scoring.load_eval_set(data), batch_size=1)
-    beam = scoring.score_run_beam(run, data, tmp_path / "eval", batch_size=1, beam_args=["--runner=FnApiRunner"])
+    direct = eval_scores.score_run_direct(run, eval_scores.load_eval_set(data), batch_size=1)
+    beam = eval_scores.score_run_beam(run, data, tmp_path / "eval", batch_size=1, beam_args=["--runner=FnApiRunner"])
     assert set(direct) == set(beam) == {"light", "booster"}
     for tower in direct:
         for key in ("auc", "gauc", "logloss", "impressions", "clicks", "users_used", "users_total",
@@ -121,7 +121,7 @@ def test_direct_metrics_equal_the_beam_eval_job_on_a_trained_run(bench, tmp_path
             assert direct[tower][key] == pytest.approx(beam[tower][key], rel=1e-12, abs=1e-12), (tower, key)
     # and the bench's own (batched) scores of that run are the same model's metrics up to float32 batch rounding
     bench_scores = next(r for r in doc["runs"] if r["variant"] == "rocket" and r["run_dir"] == str(run))["metrics"]
-    assert scoring.max_difference(bench_scores, beam) < 1e-6
+    assert eval_scores.max_difference(bench_scores, beam) < 1e-6
 
 
 def test_direct_metrics_equal_the_beam_eval_job(tmp_path):
@@ -133,10 +133,10 @@ def test_direct_metrics_equal_the_beam_eval_job(tmp_path):
     bad_label = fx.example({"clk": 2.0, "user_id": "u3", "pid": "p1", "x": 0.1, "w": 1.0}, weighted=True)
     data = fx.write_data(tmp_path / "data", fx.frame(rows=300), weighted=True, extra_records=[no_user, bad_label])
     run = fx.write_run(tmp_path / "run", "rocket", "rocket", 0, (1.2, -0.9, 0.4), (1.5, -1.0, 0.0))
-    eval_set = scoring.load_eval_set(data)
+    eval_set = eval_scores.load_eval_set(data)
     assert len(eval_set) == 301 and sum(eval_set.rejected.values()) == 1
-    direct = scoring.score_run_direct(run, eval_set, batch_size=1)
-    beam = scoring.score_run_beam(run, data, tmp_path / "eval", batch_size=1, beam_args=["--runner=FnApiRunner"])
+    direct = eval_scores.score_run_direct(run, eval_set, batch_size=1)
+    beam = eval_scores.score_run_beam(run, data, tmp_path / "eval", batch_size=1, beam_args=["--runner=FnApiRunner"])
     assert set(direct) == set(beam) == {"light", "booster"}
     for tower in direct:
         assert direct[tower]["impressions"] == 301 and direct[tower]["impressions_no_group"] == 1
@@ -144,7 +144,7 @@ def test_direct_metrics_equal_the_beam_eval_job(tmp_path):
         for key in ("auc", "gauc", "logloss", "auc_max_bucket_error", "impressions", "weight", "clicks",
                     "users_used", "users_total", "impressions_used", "weight_used", "ctr_predicted", "calibration"):
             assert direct[tower][key] == pytest.approx(beam[tower][key], rel=1e-12, abs=1e-12), (tower, key)
-    assert scoring.max_difference(direct, beam) < 1e-12
+    assert eval_scores.max_difference(direct, beam) < 1e-12
     assert direct["light"]["auc"] != direct["booster"]["auc"]  # two different models really were scored
 
 
@@ -295,7 +295,7 @@ def test_bad_variant_and_missing_data_are_clear_errors(tmp_path, capsys):
 
 
 def test_run_identity_ignores_the_hint_settings_only_for_a_tower_trained_alone():
-    from rocketctr.quality_bench import run_identity
+    from rocketctr.bench.quality.quality_bench import run_identity
 
     def cfg(mode, weight, hidden=64):
         return {"train": {"mode": mode, "seed": 0},

@@ -18,7 +18,7 @@ import pytest
 
 from feature_specs import load_spec
 from feature_specs.artifacts import read_manifest
-from pipeline.simulate import simulate
+from pipeline.simulator.click_logs import simulate
 from rocketctr import cli
 
 IN_PROCESS = ["--runner=FnApiRunner"]
@@ -198,7 +198,7 @@ def test_truncated_gzip_input_is_a_clear_cli_error(hostile, tmp_path, capsys):
 def test_compressed_stream_check_finds_cuts_and_accepts_concatenated_members(tmp_path):
     import bz2
 
-    from pipeline.io import compressed_stream_error
+    from pipeline.preprocess.log_reader import compressed_stream_error
 
     text = b"".join(b"row %d,1,2,3\n" % i for i in range(20_000))
     whole = tmp_path / "a.csv.gz"

@@ -109,7 +109,7 @@ def test_serve_command_runs_until_sigterm(base):
 
 
 def test_bench_serve_prints_a_table(base, capsys):
-    from serving.bench_serve import main
+    from rocketctr.bench.serve_latency import main
 
     assert main(["--model-base", str(base), "--booster-base", str(base), "--requests", "5", "--warmup", "1",
                  "--sizes", "1,3", "--signatures", "score_candidates,serving_default", "--no-grpc"]) == 0

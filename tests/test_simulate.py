@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 import feature_specs
-from pipeline.simulate import SimulationError, StreamingAUC, simulate
+from pipeline.simulator.click_logs import SimulationError, StreamingAUC, simulate
 from rocketctr.cli import main as cli_main
 
 SPEC = feature_specs.load_spec("synthetic")

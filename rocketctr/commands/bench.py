@@ -8,11 +8,11 @@ import importlib
 
 # benchmark name -> module with `main(argv: list[str]) -> int`
 BENCHMARKS: dict[str, str] = {
-    "preprocess": "pipeline.bench_preprocess",
-    "train": "models.bench_train",
-    "serve": "serving.bench_serve",
-    "quality": "rocketctr.quality_bench",
-    "peer": "rocketctr.quality.peer_bench",  # DeepCTR reference in the separate .venv-peer
+    "preprocess": "rocketctr.bench.preprocess_speed",
+    "train": "rocketctr.bench.train_speed",
+    "serve": "rocketctr.bench.serve_latency",
+    "quality": "rocketctr.bench.quality.quality_bench",
+    "peer": "rocketctr.bench.quality.peer_bench",  # DeepCTR reference in the separate .venv-peer
 }
 
 

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.compare import CompareError, compare
+    from pipeline.evaluate.compare_runs import CompareError, compare
 
     try:
         table = compare(args.paths, baseline=args.baseline).markdown()

@@ -7,7 +7,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pipeline.evaluate import add_arguments as add_eval_arguments
+    from pipeline.evaluate.eval_job import add_arguments as add_eval_arguments
 
     add_eval_arguments(p)
     p.add_argument("beam_args", nargs=argparse.REMAINDER,
@@ -15,6 +15,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.evaluate import run_from_args
+    from pipeline.evaluate.eval_job import run_from_args
 
     return run_from_args(args, list(args.beam_args))

@@ -1,7 +1,7 @@
 """`rocketctr preprocess --spec S --input PATTERN --output DIR [...] [-- BEAM OPTIONS]`: the Beam job.
 
 Beam pipeline options (--runner=DataflowRunner --project=... etc.) go after a `--` separator, because the
-top-level parser rejects flags it does not know; `python -m pipeline.preprocess` also takes them inline.
+top-level parser rejects flags it does not know; `python -m pipeline.preprocess.preprocess_job` also takes them inline.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from pipeline.preprocess import add_job_arguments
+    from pipeline.preprocess.preprocess_job import add_job_arguments
 
     add_job_arguments(p)
     p.add_argument("beam_args", nargs=argparse.REMAINDER,
@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.preprocess import run_from_args
+    from pipeline.preprocess.preprocess_job import run_from_args
 
     beam_args = list(args.beam_args)
     if beam_args[:1] == ["--"]:

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import grpc
 
-    from serving.scoring import ScoreError, read_rows, score_rows
+    from serving.score_file import ScoreError, read_rows, score_rows
 
     try:
         rows = read_rows(args.input)

@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.simulate import SimulationError, simulate
+    from pipeline.simulator.click_logs import SimulationError, simulate
 
     try:
         r = simulate(args.rows, args.out, seed=args.seed, shard_rows=args.shard_rows, gzip=args.gzip,

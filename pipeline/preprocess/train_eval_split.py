@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import apache_beam as beam
 
 from feature_specs.schema import Split
-from pipeline.counting import CountKeys
+from pipeline.preprocess.counting import CountKeys
 
 TRAIN, EVAL = "train", "eval"
 

@@ -2,7 +2,7 @@
 
 Run by the bench-only env's python (`make peer-env` -> .venv-peer), never by the main env: this file imports
 only numpy, tensorflow (tf-keras), deepctr and the standard library, never a rocketctr package, so deepctr never
-becomes a dependency of ours. `rocketctr bench peer` writes the export (rocketctr/quality/peer_data.py) and runs
+becomes a dependency of ours. `rocketctr bench peer` writes the export (rocketctr/bench/quality/peer_data.py) and runs
 this script in a subprocess.
 
 Models (DeepCTR 0.9.4 has no class named DNN):
@@ -15,7 +15,7 @@ Training: Adam, binary cross-entropy, one epoch at a time; after each epoch the 
 are restored before the eval split is scored once. AUC is the exact weighted rank AUC (ties averaged), computed
 here in numpy.
 
-  .venv-peer/bin/python rocketctr/quality/peer_deepctr.py --data PEER.npz --out peer.json --models dnn,dcn --seeds 3
+  .venv-peer/bin/python rocketctr/bench/quality/peer_deepctr.py --data PEER.npz --out peer.json --models dnn,dcn --seeds 3
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def load_export(npz: Path) -> tuple[dict, dict[str, np.ndarray]]:
     """The export's JSON (same stem) and arrays; checks the layout this script reads."""
     meta_file = npz.with_suffix(".json")
     if not npz.is_file():
-        raise PeerError(f"{npz}: peer export not found (write it with rocketctr/quality/peer_data.py)")
+        raise PeerError(f"{npz}: peer export not found (write it with rocketctr/bench/quality/peer_data.py)")
     if not meta_file.is_file():
         raise PeerError(f"{meta_file}: the export's JSON description is missing")
     meta = json.loads(meta_file.read_text())

@@ -63,12 +63,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workdir", help="where to put generated data and output (default: a temp folder)")
     args, beam_args = parser.parse_known_args(argv)
 
-    from pipeline.preprocess import preprocess
+    from pipeline.preprocess.preprocess_job import preprocess
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-preprocess-"))
     pattern = args.input
     if pattern is None:
-        from pipeline.simulate import simulate
+        from pipeline.simulator.click_logs import simulate
 
         t = time.perf_counter()
         res = simulate(args.rows, work / "raw", seed=0, overwrite=True)

@@ -20,8 +20,8 @@ import numpy as np
 from feature_specs.numeric import pre_transform
 
 from feature_specs.schema import FeatureSpec
-from pipeline.counting import global_value
-from pipeline.layout import FieldPlan
+from pipeline.preprocess.counting import global_value
+from pipeline.preprocess.record_layout import FieldPlan
 
 LABEL_KEY = "\x00label"  # moments of the label: count = train rows, mean = label rate
 VOCAB, NUMERIC = "vocab", "numeric"

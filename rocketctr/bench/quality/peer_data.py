@@ -1,4 +1,4 @@
-"""The rows our training sees, as integer-id arrays a peer library (DeepCTR, rocketctr/quality/peer_deepctr.py)
+"""The rows our training sees, as integer-id arrays a peer library (DeepCTR, rocketctr/bench/quality/peer_deepctr.py)
 can train on: the export half of `rocketctr bench peer`.
 
 Why: a reference figure is only comparable when the peer trains on exactly our train rows minus our validation

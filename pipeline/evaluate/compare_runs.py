@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.eval_report import EVAL_KIND, METRICS_FILE
+from pipeline.evaluate.eval_report import EVAL_KIND, METRICS_FILE
 
 METRICS = ("auc", "gauc", "logloss")
 

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 
-from pipeline.counting import global_value
-from pipeline.layout import WIRE_BYTES, WIRE_FLOAT, WIRE_INT64, FieldPlan
+from pipeline.preprocess.counting import global_value
+from pipeline.preprocess.record_layout import WIRE_BYTES, WIRE_FLOAT, WIRE_INT64, FieldPlan
 
 _pack_f = struct.Struct("<f").pack
 _SHORT = 100  # values up to this many bytes use precomputed headers

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 import numpy as np
 
-from pipeline import metrics
+from common import metrics
 
 ALL = "all"
 MISSING = "<missing>"

@@ -25,9 +25,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from feature_specs import SpecError, artifacts, load_spec, spec_hash
 from feature_specs.runtime import code_version
 from feature_specs.schema import FeatureSpec
-from pipeline import eval_report
-from pipeline.eval_beam import DEFAULT_LOGIT_STEP, ComputeMetrics, ParseMeta, ToScored, TotalsFn
-from pipeline.eval_models import ModelRef, ModelResolveError, SavedModelHandler, resolve_model, unique_labels
+from pipeline.evaluate import eval_report
+from pipeline.evaluate.eval_transforms import DEFAULT_LOGIT_STEP, ComputeMetrics, ParseMeta, ToScored, TotalsFn
+from pipeline.evaluate.model_source import ModelRef, ModelResolveError, SavedModelHandler, resolve_model, unique_labels
 
 LOCAL_RUNNER = "FnApiRunner"  # in-process; the plain DirectRunner may switch to Prism, which it downloads
 GATE_FAILED = 1
@@ -252,8 +252,8 @@ def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.evaluate ...`: unknown options are handed to Beam (e.g. --direct_num_workers=2)."""
-    parser = argparse.ArgumentParser(prog="pipeline.evaluate", description=__doc__.splitlines()[0])
+    """`python -m pipeline.evaluate.eval_job ...`: unknown options are handed to Beam (e.g. --direct_num_workers=2)."""
+    parser = argparse.ArgumentParser(prog="pipeline.evaluate.eval_job", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args, beam_args = parser.parse_known_args(argv)
     return run_from_args(args, beam_args)

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.simulate_world import (APP_VERSIONS, CREATIVE_TOKENS, FORMAT_TOKENS, GENDER_TOKENS, LANDING_TOKENS,
+from pipeline.simulator.world import (APP_VERSIONS, CREATIVE_TOKENS, FORMAT_TOKENS, GENDER_TOKENS, LANDING_TOKENS,
                                      N_ADS, N_CATES, N_PAGE_CATES, N_PIDS, N_REGIONS, NETWORK_TOKENS, OS_TOKENS,
                                      TARGET_CTR, World, sample_within)
 

@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from feature_specs.artifacts import ARTIFACT_VERSION, SHARD_SUFFIX, NumericStats, Stats, format_vocab_line, \
     stats_to_json
-from pipeline.analyze import LABEL_KEY
+from pipeline.preprocess.analyze import LABEL_KEY
 
 STAGING = "_staging"
 

@@ -2,8 +2,8 @@
 variant the light net's metrics, paired differences to light-alone, the share of the gap recovered, and cost.
 
 Definitions (all recomputable by hand from the JSON's `runs`):
-- mean +- std: over seeds, sample std (ddof=1), pipeline.compare.mean_std;
-- paired difference a - b: over the seeds both have, with t = mean / (std / sqrt(n)) (pipeline.compare.paired_diff);
+- mean +- std: over seeds, sample std (ddof=1), pipeline.evaluate.compare_runs.mean_std;
+- paired difference a - b: over the seeds both have, with t = mean / (std / sqrt(n)) (pipeline.evaluate.compare_runs.paired_diff);
 - gap: booster-alone's booster minus light-alone's light net, paired by seed;
 - gap recovered: mean paired (light_variant - light_alone) / mean paired gap (a ratio of means: per-seed
   ratios explode when one seed's gap is near zero);
@@ -14,8 +14,8 @@ Definitions (all recomputable by hand from the JSON's `runs`):
 
 from __future__ import annotations
 
-from pipeline.compare import PairedDiff, mean_std, paired_diff
-from rocketctr.quality.variants import BASELINE, LR_FLOOR, REFERENCE, VARIANTS
+from pipeline.evaluate.compare_runs import PairedDiff, mean_std, paired_diff
+from rocketctr.bench.quality.variants import BASELINE, LR_FLOOR, REFERENCE, VARIANTS
 
 METRICS = ("auc", "gauc", "logloss")
 # predicted / observed clicks of the served score, and of the raw logit before the exported Platt layer

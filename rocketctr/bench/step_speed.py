@@ -5,7 +5,7 @@ Isolates the model's cost (lookups, towers, loss, per-part optimizers) from read
 vocabulary feature gets --vocab tokens (26 categorical x 100k x dim 16 for feature_specs/synthetic.yaml),
 ids are Zipf-distributed like real traffic.
 
-  python -m models.bench_step [--spec synthetic] [--vocab 100000] [--batch 1024] [--steps 60] [--modes rocket]
+  python -m rocketctr.bench.step_speed [--spec synthetic] [--vocab 100000] [--batch 1024] [--steps 60] [--modes rocket]
 """
 
 from __future__ import annotations

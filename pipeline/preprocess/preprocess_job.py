@@ -27,18 +27,18 @@ from feature_specs import runtime
 from feature_specs.artifacts import SHARD_SUFFIX, shard_prefix
 from feature_specs.loader import load_spec, resolved_text, spec_hash
 from feature_specs.schema import FeatureSpec
-from pipeline import publish
-from pipeline.analyze import AnalyzeTrain
-from pipeline.counting import CountKeys, constant_key
-from pipeline.encode import EncodeExamples
-from pipeline.io import ReadRawLines, VerifyCompressedInputs, check_headers, expand_inputs, is_compressed, \
+from pipeline.preprocess import publish
+from pipeline.preprocess.analyze import AnalyzeTrain
+from pipeline.preprocess.counting import CountKeys, constant_key
+from pipeline.preprocess.encode import EncodeExamples
+from pipeline.preprocess.log_reader import ReadRawLines, VerifyCompressedInputs, check_headers, expand_inputs, is_compressed, \
     side_table_path
-from pipeline.join import COGROUP, SIDE_INPUT, JoinSideTable, ReadSideTable, appended_columns
-from pipeline.layout import FieldPlan, record_layout
-from pipeline.tfrecord_sink import WriteGzipTFRecords
-from pipeline.sampling import DROPPED, KEPT_NEGATIVES, SampleNegatives, sampling_rule
-from pipeline.split import EVAL, TRAIN, AssignSplit
-from pipeline.validate import REJECTED, ParseAndValidateLines, ParseLines, ValidateRows, reason_of
+from pipeline.preprocess.join import COGROUP, SIDE_INPUT, JoinSideTable, ReadSideTable, appended_columns
+from pipeline.preprocess.record_layout import FieldPlan, record_layout
+from pipeline.preprocess.tfrecord_sink import WriteGzipTFRecords
+from pipeline.preprocess.negative_sampling import DROPPED, KEPT_NEGATIVES, SampleNegatives, sampling_rule
+from pipeline.preprocess.train_eval_split import EVAL, TRAIN, AssignSplit
+from pipeline.preprocess.validate import REJECTED, ParseAndValidateLines, ParseLines, ValidateRows, reason_of
 
 COUNTS = "counts"
 
@@ -249,7 +249,7 @@ def _counters(result) -> dict:
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
-    """The job's own flags (shared by `rocketctr preprocess` and `python -m pipeline.preprocess`)."""
+    """The job's own flags (shared by `rocketctr preprocess` and `python -m pipeline.preprocess.preprocess_job`)."""
     p.add_argument("--spec", required=True, help="feature spec YAML (or a shipped spec's name)")
     p.add_argument("--input", required=True, action="append",
                    help="input file pattern (local, gs://, hdfs://; .gz read transparently); repeatable")

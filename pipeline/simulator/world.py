@@ -1,7 +1,7 @@
 """The simulator's fixed world: users, ads and the ground-truth click model's parameters, built from a seed.
 
 Everything row-independent lives here as fixed-size numpy arrays (200k users x 100k ads, ~130 MB), so
-generating rows (pipeline/simulate_rows.py) is constant-memory whatever the row count. The entity graph is
+generating rows (pipeline/simulator/rows.py) is constant-memory whatever the row count. The entity graph is
 long-tailed like a real display-ad log:
 
   brand (30k, each with a home category) <- advertiser (15k) <- campaign (40k) <- ad (100k);
@@ -35,7 +35,7 @@ logistic regression reaches ~0.71, the same model plus the truth's crosses ~0.77
 (tests/test_simulate.py). Note the hidden biases alone also open a truth-vs-fitted gap, so "the
 interactions are real" is shown by the crosses lifting a fitted model, not by that gap.
 
-Missing values (rendered by pipeline/simulate_rows.py): per user u_gender 3 % "", u_age_level 2 % "NULL",
+Missing values (rendered by pipeline/simulator/rows.py): per user u_gender 3 % "", u_age_level 2 % "NULL",
 u_city 4 % "", u_occupation 5 % "NULL", u_device_brand 2 % "", user_purchase_power 5 % ""; per ad ad_brand
 3 % "" (unbranded, also dropped from hist_brand), ad_hist_ctr "" for ads younger than 3 days; per row
 network 1 % "NULL", geo_region 1 % "", app_version 2 % "", user_session_len 2 % "". The truth always uses
@@ -274,7 +274,7 @@ def _build_truth(rng: np.random.Generator, cate_vec: np.ndarray) -> TruthModel:
 
 
 def build_world(seed: int) -> World:
-    """All fixed tables of the simulated world for `seed` (b0 uncalibrated: see pipeline.simulate_rows)."""
+    """All fixed tables of the simulated world for `seed` (b0 uncalibrated: see pipeline.simulator.rows)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     cate_w = zipf_weights(N_CATES, 1.0, rng)
     cate_vec = rng.normal(0.0, 1.0 / np.sqrt(K), (N_CATES, K))

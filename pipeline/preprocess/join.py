@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import apache_beam as beam
 
 from feature_specs.schema import FeatureSpec, SideTable
-from pipeline.io import read_table_lines, split_fields
-from pipeline.validate import Reject, _Rejecting
+from pipeline.preprocess.log_reader import read_table_lines, split_fields
+from pipeline.preprocess.validate import Reject, _Rejecting
 
 SIDE_INPUT, COGROUP = "side_input", "cogroup"
 

@@ -1,9 +1,9 @@
 """`rocketctr bench quality`: reproduce the Rocket Launching comparison on any preprocessed dataset.
 
-For every variant x seed (rocketctr/quality/variants.py) it trains a run (models.train.train) under
+For every variant x seed (rocketctr/bench/quality/variants.py) it trains a run (models.train.train) under
 WORKDIR/runs/<variant>/seed<k>, scores its towers on the eval split (GAUC, AUC, logloss; the eval job's own
 code in-process by default, or `--metrics beam` for one Beam eval job per run), and writes a markdown table
-plus a JSON with every raw number (rocketctr/quality/summary.py defines each figure). Finished runs found in
+plus a JSON with every raw number (rocketctr/bench/quality/summary.py defines each figure). Finished runs found in
 the workdir with the same config are reused, so an interrupted bench continues where it stopped.
 
 Hyperparameters are never chosen on eval: the bench takes the config as given; early stopping / selection
@@ -32,7 +32,7 @@ KIND, VERSION = "rocketctr-quality-bench", 1
 
 
 def _parser() -> argparse.ArgumentParser:
-    from rocketctr.quality.variants import DEFAULT_VARIANTS
+    from rocketctr.bench.quality.variants import DEFAULT_VARIANTS
 
     p = argparse.ArgumentParser(prog="rocketctr bench quality", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", help="runs (and simulated data) go here (default: <out without suffix>.work)")
     p.add_argument("--metrics", choices=("direct", "beam"), default="direct",
                    help="direct (default): the eval job's own DoFns/combines in-process, fast; beam: one Beam "
-                        "eval job per run (see rocketctr/quality/scoring.py)")
+                        "eval job per run (see rocketctr/bench/quality/eval_scores.py)")
     p.add_argument("--check-beam", action="store_true",
                    help="also score the first run with the Beam eval job and record the largest difference")
     p.add_argument("--sim-seed", type=int, default=0, help="simulator world/row seed (with --simulate)")
@@ -74,8 +74,8 @@ EVAL_BEAM_ARGS = ["--runner=FnApiRunner"]
 
 def prepare_simulated(rows: int, workdir: Path, seed: int, workers: int, echo=print) -> Path:
     """WORKDIR/raw <- simulate(rows), WORKDIR/data <- preprocess; reused when both match rows and seed."""
-    from pipeline.preprocess import preprocess
-    from pipeline.simulate import simulate
+    from pipeline.preprocess.preprocess_job import preprocess
+    from pipeline.simulator.click_logs import simulate
 
     raw, data = workdir / "raw", workdir / "data"
     summary = raw / "simulation.json"
@@ -115,7 +115,7 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace, data: Path, workdir: Path, echo=print):
         from models.config import parse_override
-        from rocketctr.quality.variants import deep_merge, resolve_variants, variant_config
+        from rocketctr.bench.quality.variants import deep_merge, resolve_variants, variant_config
 
         self.args, self.data, self.workdir, self.echo = args, data, workdir, echo
         names = [n for item in (args.variants or []) for n in item.split(",") if n.strip()]
@@ -137,7 +137,7 @@ class Bench:
         """Train (or reuse a finished identical run); an unfinished or different run is started afresh."""
         from models.config import config_to_dict
         from models.train import train
-        from rocketctr.quality.variants import variant_config
+        from rocketctr.bench.quality.variants import variant_config
 
         teacher = self.run_dir(variant.teacher, seed) if variant.needs_teacher else None
         cfg = variant_config(self.args.config, variant, seed, self.overrides, teacher)
@@ -155,10 +155,10 @@ class Bench:
         return run
 
     def score(self, run: Path) -> dict[str, dict]:
-        from rocketctr.quality import scoring
+        from rocketctr.bench.quality import eval_scores
 
         if self.args.metrics == "beam":
-            return scoring.score_run_beam(run, self.data, run / "quality_eval", beam_args=EVAL_BEAM_ARGS)
+            return eval_scores.score_run_beam(run, self.data, run / "quality_eval", beam_args=EVAL_BEAM_ARGS)
         cache = run / SCORES_FILE  # a finished run never changes (a retrain deletes the folder): score it once
         key = {"data_dir": str(self.data.resolve()), "metrics": "direct"}
         if cache.is_file() and not self.args.check_beam:
@@ -166,11 +166,11 @@ class Bench:
             if saved.get("key") == key:
                 return saved["scores"]
         if self.eval_set is None:
-            self.eval_set = scoring.load_eval_set(self.data)
-        direct = scoring.score_run_direct(run, self.eval_set)
+            self.eval_set = eval_scores.load_eval_set(self.data)
+        direct = eval_scores.score_run_direct(run, self.eval_set)
         if self.args.check_beam and self.beam_check is None:
-            beam = scoring.score_run_beam(run, self.data, run / "quality_eval", beam_args=EVAL_BEAM_ARGS)
-            diff = scoring.max_difference(direct, beam)
+            beam = eval_scores.score_run_beam(run, self.data, run / "quality_eval", beam_args=EVAL_BEAM_ARGS)
+            diff = eval_scores.max_difference(direct, beam)
             self.beam_check = {"run": str(run), "max_abs_difference": diff, "direct": direct, "beam": beam}
             self.echo(f"  beam check on {run.name}: largest |direct - beam| over towers x metrics = {diff:.3g}")
         cache.write_text(json.dumps({"key": key, "scores": direct}, indent=1, sort_keys=True))
@@ -218,7 +218,7 @@ def header_lines(bench: Bench, wall: float) -> list[str]:
 
 def main(argv: list[str]) -> int:
     from models.config import ConfigError
-    from rocketctr.quality.summary import markdown, summarize
+    from rocketctr.bench.quality.summary import markdown, summarize
 
     args = _parser().parse_args(argv)
     if args.seeds < 1:

@@ -6,7 +6,7 @@ Output (DIR):
   truth-00000.csv[.gz]   req_id,user_id,p_true,clk, row-aligned with the clicks shard of the same number;
   simulation.json        seed, rows, clicks, base CTR, world parameters, ground-truth and additive-only AUC,
                          files, seconds, rows/s.
-The world (users, ads, truth parameters: see pipeline/simulate_world.py for what effects exist and why) is
+The world (users, ads, truth parameters: see pipeline/simulator/world.py for what effects exist and why) is
 fixed-size and built from the seed; rows are generated in chunks of CHUNK_ROWS with a per-chunk seed, so
 memory is constant in `rows` and the same seed gives the same bytes. AUCs are computed streaming from
 fine score histograms (exact up to ties within a 0.001-logit bin).
@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from feature_specs.loader import load_spec
-from pipeline.simulate_rows import CHUNK_ROWS, Chunk, ChunkGenerator, calibrate
-from pipeline.simulate_world import World, build_world
+from pipeline.simulator.rows import CHUNK_ROWS, Chunk, ChunkGenerator, calibrate
+from pipeline.simulator.world import World, build_world
 
 SPEC_NAME = "synthetic"
 MAX_ROWS = 100_000_000

@@ -2,9 +2,9 @@
 
 Why: the quality tables report our booster-alone; a well-known implementation trained on the same rows says
 whether that figure is in the right range. The rows and ids come from our own training pipeline
-(rocketctr/quality/peer_data.py: train minus the validation slice, the validation slice, the eval split, ids
+(rocketctr/bench/quality/peer_data.py: train minus the validation slice, the validation slice, the eval split, ids
 from our input layer); DeepCTR runs in its own bench-only env (`make peer-env` -> .venv-peer,
-requirements-peer.txt) through rocketctr/quality/peer_deepctr.py in a subprocess, so deepctr is never imported
+requirements-peer.txt) through rocketctr/bench/quality/peer_deepctr.py in a subprocess, so deepctr is never imported
 by, nor installed with, rocketctr. Hyper-parameters default to our config's booster (hidden sizes, dropout, L2,
 its Adam learning rate), the config's batch size, epochs and patience, and the spec's embedding dims: a
 like-for-like reference. Differences that remain: DeepCTR trains its embeddings with Adam (ours: the config's
@@ -177,7 +177,7 @@ def main(argv: list[str]) -> int:
     from feature_specs import artifacts
     from models.config import ConfigError, load_config
     from models.run import resolve_spec
-    from rocketctr.quality import peer_data
+    from rocketctr.bench.quality import peer_data
 
     args = _parser().parse_args(argv)
     if args.seeds < 1:

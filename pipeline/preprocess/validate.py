@@ -14,10 +14,10 @@ from collections.abc import Sequence
 import apache_beam as beam
 
 from feature_specs.schema import FeatureSpec
-from pipeline.counting import global_value
-from pipeline.io import split_fields
-from pipeline.layout import WIRE_BYTES, WIRE_FLOAT, WIRE_INT64, FieldPlan, record_group
-from pipeline.split import split_token_fn
+from pipeline.preprocess.counting import global_value
+from pipeline.preprocess.log_reader import split_fields
+from pipeline.preprocess.record_layout import WIRE_BYTES, WIRE_FLOAT, WIRE_INT64, FieldPlan, record_group
+from pipeline.preprocess.train_eval_split import split_token_fn
 
 REJECTED = "rejected"
 REASONS: tuple[str, ...] = (

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipeline.counting import global_value
-from pipeline.layout import FieldPlan
-from pipeline.split import hash_fraction
+from pipeline.preprocess.counting import global_value
+from pipeline.preprocess.record_layout import FieldPlan
+from pipeline.preprocess.train_eval_split import hash_fraction
 
 SALT = "negative_sampling"
 DROPPED = "sampled_out"  # counts key prefix: rows read == written + rejected + sampled out

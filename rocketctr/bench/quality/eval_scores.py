@@ -4,7 +4,7 @@ A bench of 8 variants x 5 seeds scores ~70 SavedModels; one Beam job per run cos
 shuffles that dwarf the scoring itself on a 2-core machine. The direct path runs *the eval job's own pieces*
 without Beam: ParseMeta (label / weight / user of each Example, rejections counted), SavedModelHandler
 (RunInference's model handler, the same serving_default call), ToScored, and the job's combines TotalsFn,
-the logit-bucket sums + SweepFn, and per-user AUC + GaucFn, finished by pipeline.evaluate.cut_metrics. So
+the logit-bucket sums + SweepFn, and per-user AUC + GaucFn, finished by pipeline.evaluate.eval_job.cut_metrics. So
 the definitions cannot drift apart; the only difference left is the order in which floating-point sums are
 added (Beam merges partial accumulators), i.e. ~1e-15 relative. tests/test_quality_bench.py proves equality
 with the Beam job on a trained model, both scoring one example per call.
@@ -27,10 +27,10 @@ from pathlib import Path
 import apache_beam as beam
 
 from feature_specs import artifacts, load_spec
-from pipeline.eval_beam import (DEFAULT_LOGIT_STEP, GaucFn, Meta, ParseMeta, SweepFn, ToScored, TotalsFn, bucket_key,
+from pipeline.evaluate.eval_transforms import (DEFAULT_LOGIT_STEP, GaucFn, Meta, ParseMeta, SweepFn, ToScored, TotalsFn, bucket_key,
                                 user_auc)
-from pipeline.eval_models import SavedModelHandler
-from pipeline.evaluate import cut_metrics
+from pipeline.evaluate.model_source import SavedModelHandler
+from pipeline.evaluate.eval_job import cut_metrics
 
 METRIC_KEYS = ("auc", "gauc", "logloss")
 CALIBRATION_BINS = 10
@@ -114,8 +114,8 @@ def score_run_direct(run_dir: str | Path, data: EvalSet, batch_size: int = 1024)
 
 def score_run_beam(run_dir: str | Path, data_dir: str | Path, out_dir: str | Path, split: str = "eval",
                    batch_size: int = 1024, beam_args: list[str] | None = None) -> dict[str, dict]:
-    """{tower: metrics} from the Beam eval job (pipeline.evaluate) on a run dir (both towers in one job)."""
-    from pipeline.evaluate import evaluate
+    """{tower: metrics} from the Beam eval job (pipeline.evaluate.eval_job) on a run dir (both towers in one job)."""
+    from pipeline.evaluate.eval_job import evaluate
 
     ev = evaluate(run_dir, data_dir, out_dir, split=split, batch_size=batch_size, beam_args=beam_args)
     doc = json.loads((Path(ev) / "metrics.json").read_text())
