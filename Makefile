@@ -7,7 +7,7 @@ HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.rocketctr-$(HASH)
 PYTEST_FLAGS ?=
 
-.PHONY: demo test test-slow test-all env clean peer-env
+.PHONY: demo test test-slow test-all env clean peer-env wheel
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test-slow: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_FLAGS)
 
+# dist/rocketctr-VERSION-py3-none-any.whl: what `pip install` users get and what Beam workers install
+# (`--extra_package`, docs/RUNNERS.md). build/ is removed first: setuptools would pack stale files left in it.
+wheel: $(STAMP)
+	rm -rf build
+	$(BIN)/python -m pip wheel --quiet --disable-pip-version-check --no-deps --no-build-isolation -w dist .
+
 # Bench-only DeepCTR env for `rocketctr bench peer` (requirements-peer.txt); never part of the main env.
 PEER_VENV := .venv-peer
 PEER_STAMP := $(PEER_VENV)/.peer-$(shell sha256sum requirements-peer.txt | cut -c1-16)
@@ -43,4 +49,4 @@ $(PEER_STAMP): requirements-peer.txt
 peer-env: $(PEER_STAMP)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

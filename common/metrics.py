@@ -1,17 +1,21 @@
-"""Offline CTR metrics as pure numpy functions: the single definition the Beam eval job and the tests share.
+"""CTR metrics in numpy: the one definition of AUC, GAUC, logloss and calibration that training (models), the Beam
+eval job, the simulator and the benchmarks share. All are weighted (weights default to 1).
 
 AUC is the Mann-Whitney statistic (a tied positive/negative pair counts 1/2), computed from per-score
 "tie groups" (positive and negative weight at each distinct score, scores ascending). The Beam job builds
 exactly those groups with a combine per score key, so the same `auc_from_counts` serves both paths.
 GAUC follows Alibaba (Zhou et al., DIN): the impression-weighted mean of per-user AUCs over users who have
 both clicks and non-clicks; single-class users are excluded and counted.
-Undefined metrics (empty input, one class only) are None, never NaN, so they survive JSON.
+Logloss and calibration come from mergeable weighted sums (`CtrSums`), so a streaming pass (a Beam combine) and
+the direct functions finish with the same arithmetic.
+Undefined metrics (empty input, one class only, no clicks) are None, never NaN, so they survive JSON and no caller
+mistakes a missing figure for a number.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -86,18 +90,74 @@ def roc_from_counts(pos, neg, max_points: int = 201) -> list[tuple[float, float]
     return [(float(fpr[i]), float(tpr[i])) for i in idx]
 
 
-def logloss(probs, labels, weights=None, eps: float = LOGLOSS_EPS) -> float | None:
-    """Weighted mean binary cross-entropy with probabilities clipped to [eps, 1-eps]; None if no weight."""
-    p, y, w = check_inputs(probs, labels, weights)
-    if w.sum() <= 0:
-        return None
-    p = np.clip(p, eps, 1.0 - eps)
-    return float(np.sum(w * logloss_terms(p, y)) / w.sum())
+def sigmoid(z) -> np.ndarray:
+    """The CTR of a logit (float64, no overflow for large |z|)."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
 
 
 def logloss_terms(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per-impression cross-entropy of already-clipped probabilities."""
     return -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
+
+
+def logit_logloss_terms(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The same cross-entropy on the logit scale, unclipped and stable for any |z|: the smooth objective a logistic
+    fit (Platt scaling) minimises, where the metric's clipping would flatten the loss surface."""
+    return np.maximum(z, 0.0) - z * y + np.log1p(np.exp(-np.abs(z)))
+
+
+@dataclass
+class CtrSums:
+    """Mergeable weighted sums behind logloss and calibration: a Beam CombineFn accumulator, a streaming pass and
+    the direct functions `logloss` / `calibration` alike, so the three cannot drift apart."""
+
+    rows: int = 0
+    weight: float = 0.0
+    clicks: float = 0.0  # sum of w * y
+    predicted: float = 0.0  # sum of w * p
+    loss: float = 0.0  # sum of w * cross-entropy, p clipped to [eps, 1 - eps]
+
+    def add(self, probs, labels, weights=None, eps: float = LOGLOSS_EPS) -> "CtrSums":
+        p, y, w = check_inputs(probs, labels, weights)
+        if len(p) and ((p < 0.0) | (p > 1.0)).any():
+            raise ValueError(f"probabilities must be in [0, 1], got e.g. {p[(p < 0.0) | (p > 1.0)][:5].tolist()}")
+        self.rows += len(p)
+        self.weight += float(w.sum())
+        self.clicks += float(np.sum(w * y))
+        self.predicted += float(np.sum(w * p))
+        self.loss += float(np.sum(w * logloss_terms(np.clip(p, eps, 1.0 - eps), y)))
+        return self
+
+    def merge(self, other: "CtrSums") -> "CtrSums":
+        for f in fields(self):  # every field is a plain sum
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+    @property
+    def observed_ctr(self) -> float | None:
+        return self.clicks / self.weight if self.weight > 0 else None
+
+    @property
+    def predicted_ctr(self) -> float | None:
+        return self.predicted / self.weight if self.weight > 0 else None
+
+    @property
+    def calibration(self) -> float | None:
+        return calibration_ratio(self.predicted_ctr, self.observed_ctr)
+
+    @property
+    def logloss(self) -> float | None:
+        return self.loss / self.weight if self.weight > 0 else None
+
+
+def logloss(probs, labels, weights=None, eps: float = LOGLOSS_EPS) -> float | None:
+    """Weighted mean binary cross-entropy with probabilities clipped to [eps, 1-eps]; None if no weight."""
+    return CtrSums().add(probs, labels, weights, eps).logloss
+
+
+def calibration(probs, labels, weights=None) -> float | None:
+    """Weighted mean predicted CTR / observed CTR (1.0 = calibrated on average); None without clicks."""
+    return CtrSums().add(probs, labels, weights).calibration
 
 
 def calibration_ratio(mean_predicted: float | None, observed: float | None) -> float | None:
@@ -150,12 +210,8 @@ def reliability_from_counts(pos, neg, sum_wp, n_bins: int = 10) -> list[Reliabil
 
 def reliability_table(probs, labels, weights=None, n_bins: int = 10) -> list[ReliabilityRow]:
     """Reliability table straight from per-impression predictions (the direct reference path)."""
-    p, y, w = check_inputs(probs, labels, weights)
-    keys, inv = np.unique(p, return_inverse=True)
-    pos = np.bincount(inv, weights=w * y, minlength=len(keys))
-    neg = np.bincount(inv, weights=w * (1.0 - y), minlength=len(keys))
-    swp = np.bincount(inv, weights=w * p, minlength=len(keys))
-    return reliability_from_counts(pos, neg, swp, n_bins)
+    keys, pos, neg = tie_groups(probs, labels, weights)
+    return reliability_from_counts(pos, neg, keys * (pos + neg), n_bins)  # a group's CTRs all equal its key
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,18 @@ ARG MODEL_BASE=out/models/ctr
 COPY ${MODEL_BASE} /models/ctr
 COPY docker/models.config /models/models.config
 
-# gRPC (the API rocketctr's client uses) and REST.
+# gRPC (the API rocketctr's client uses) and REST: the image's entrypoint binds --port=8500 and
+# --rest_api_port=8501, the same defaults as `rocketctr serve --port 8500 --rest-port 8501`.
 EXPOSE 8500 8501
 
 # The image's entrypoint runs tensorflow_model_server with these extra flags. models.config names the model
 # "ctr" at /models/ctr with the latest-1 version policy; warmup is on by default and stated for clarity.
+# grpc.health.v1 (TF Serving >= 2.15) answers SERVING once the server is up, whatever the model's state: use
+# GET /v1/models/ctr on 8501 for readiness (docs/SERVING.md).
 CMD ["--model_config_file=/models/models.config", \
      "--file_system_poll_wait_seconds=10", \
      "--enable_model_warmup=true", \
+     "--enable_grpc_healthcheck_service=true", \
      "--tensorflow_intra_op_parallelism=1", \
      "--tensorflow_inter_op_parallelism=2", \
      "--grpc_max_threads=8"]

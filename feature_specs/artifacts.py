@@ -9,17 +9,20 @@ Layout of a preprocessing output folder DIR:
     DIR/manifest.json                                    inputs, counts, spec hash, code version, options, times
     DIR/rejected/rejected-*.jsonl                        dead-lettered raw lines with their reason
 Version bumps of this layout change ARTIFACT_VERSION; readers refuse a layout they do not know.
+DIR may be local or any URL TensorFlow's file systems read (gs://, hdfs://, ram://): paths are `str`, built and
+read through common.fs (the readers here run on the TF side; the Beam job writes through Beam's FileSystems).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
+
+from common import fs
 
 ARTIFACT_VERSION = 1
 SPLITS = ("train", "eval")
+SHARD_SUFFIX = ".tfrecord.gz"
 
 
 class ArtifactError(ValueError):
@@ -49,34 +52,31 @@ class Stats:
 def shard_pattern(data_dir: str | os.PathLike, split: str) -> str:
     if split not in SPLITS:
         raise ArtifactError(f"unknown split {split!r}; expected one of {SPLITS}")
-    return os.path.join(str(data_dir), f"{split}-*.tfrecord.gz")
+    return fs.join(data_dir, f"{split}-*{SHARD_SUFFIX}")
 
 
 def shard_prefix(data_dir: str | os.PathLike, split: str) -> str:
-    return os.path.join(str(data_dir), split)
+    return fs.join(data_dir, split)
 
 
-SHARD_SUFFIX = ".tfrecord.gz"
+def vocab_path(data_dir: str | os.PathLike, feature: str) -> str:
+    return fs.join(data_dir, "vocab", f"{feature}.txt")
 
 
-def vocab_path(data_dir: str | os.PathLike, feature: str) -> Path:
-    return Path(data_dir) / "vocab" / f"{feature}.txt"
+def stats_path(data_dir: str | os.PathLike) -> str:
+    return fs.join(data_dir, "stats.json")
 
 
-def stats_path(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir) / "stats.json"
+def manifest_path(data_dir: str | os.PathLike) -> str:
+    return fs.join(data_dir, "manifest.json")
 
 
-def manifest_path(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir) / "manifest.json"
+def spec_copy_path(data_dir: str | os.PathLike) -> str:
+    return fs.join(data_dir, "spec.yaml")
 
 
-def spec_copy_path(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir) / "spec.yaml"
-
-
-def rejected_dir(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir) / "rejected"
+def rejected_dir(data_dir: str | os.PathLike) -> str:
+    return fs.join(data_dir, "rejected")
 
 
 def format_vocab_line(token: str, count: int) -> str:
@@ -88,19 +88,17 @@ def format_vocab_line(token: str, count: int) -> str:
 def read_vocab(data_dir: str | os.PathLike, feature: str) -> list[tuple[str, int]]:
     """(token, count) pairs, most frequent first."""
     p = vocab_path(data_dir, feature)
-    if not p.exists():
+    if not fs.exists(p):
         raise ArtifactError(f"{p}: vocabulary for feature {feature!r} is missing (was preprocessing run "
                             f"with this spec?)")
     out = []
-    with open(p, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            line = line.rstrip("\n")
-            if not line:
-                continue
-            token, sep, count = line.rpartition("\t")
-            if not sep or not count.isdigit():
-                raise ArtifactError(f"{p}:{n}: expected 'token<TAB>count', got {line!r}")
-            out.append((token, int(count)))
+    for n, line in enumerate(fs.read_text(p).split("\n"), 1):
+        if not line:
+            continue
+        token, sep, count = line.rpartition("\t")
+        if not sep or not count.isdigit():
+            raise ArtifactError(f"{p}:{n}: expected 'token<TAB>count', got {line!r}")
+        out.append((token, int(count)))
     return out
 
 
@@ -116,9 +114,9 @@ def stats_to_json(stats: Stats) -> dict:
 
 def read_stats(data_dir: str | os.PathLike) -> Stats:
     p = stats_path(data_dir)
-    if not p.exists():
+    if not fs.exists(p):
         raise ArtifactError(f"{p}: stats.json is missing (was preprocessing run into {data_dir}?)")
-    d = json.loads(p.read_text())
+    d = fs.read_json(p)
     if d.get("version") != ARTIFACT_VERSION:
         raise ArtifactError(f"{p}: artifact version {d.get('version')!r}, this code reads {ARTIFACT_VERSION}")
     numeric = {k: NumericStats(**{**v, "boundaries": tuple(v.get("boundaries", ()))})
@@ -129,13 +127,13 @@ def read_stats(data_dir: str | os.PathLike) -> Stats:
 
 def read_manifest(data_dir: str | os.PathLike) -> dict:
     p = manifest_path(data_dir)
-    if not p.exists():
+    if not fs.exists(p):
         raise ArtifactError(f"{p}: manifest.json is missing: {data_dir} is not a finished preprocessing output")
-    return json.loads(p.read_text())
+    return fs.read_json(p)
 
 
 def list_shards(data_dir: str | os.PathLike, split: str) -> list[str]:
-    files = sorted(str(p) for p in Path(data_dir).glob(f"{split}-*{SHARD_SUFFIX}"))
+    files = fs.glob(shard_pattern(data_dir, split))
     if not files:
         raise ArtifactError(f"no {split} shards matching {shard_pattern(data_dir, split)}")
     return files

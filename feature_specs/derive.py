@@ -1,76 +1,34 @@
 """Everything that must agree across stages, derived in one place from a FeatureSpec.
 
-The record layout (what the Beam job writes into each tf.train.Example), the tf.io parse spec, the dense
-tensors the Keras model takes, and the serving signatures' inputs all come from here. A test checks that
-they agree for every shipped spec.
-
-Record layout, per spec entry:
-- categorical feature: bytes, one value (the cleaned raw token; absent when missing -> parsed as "").
-- numeric feature: float, one value (absent when missing -> parsed as the feature's default).
-- sequence feature: bytes, 0..max_length values (the most recent max_length kept).
-- label: float 0/1 under the label's name; group key: bytes; weight: float; timestamp: int64 (if any).
+The tf.io parse spec, the dense tensors the Keras model takes, and the serving signatures' inputs all come
+from here; a test checks that they agree for every shipped spec. The record layout they read (what the Beam
+job writes into each tf.train.Example: keys, wire types, parse defaults) is `record_fields`, plain data defined
+in `feature_specs.example_fields` so that the Beam job needs no TensorFlow; this module maps it to TensorFlow.
 Model/serving tensors: categorical [N] string, numeric [N] float32, sequence [N, L] string padded with "".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import tensorflow as tf
 
+from feature_specs.example_fields import PAD, WIRE_BYTES, WIRE_FLOAT, WIRE_INT64, record_fields
 from feature_specs.schema import Feature, FeatureSpec
 
-PAD = ""  # the padding / missing token for string inputs; it maps to the OOV / mask slot
-
-
-@dataclass(frozen=True)
-class RecordField:
-    """One key of the tf.train.Example the preprocessing writes."""
-
-    key: str
-    dtype: tf.DType  # tf.string | tf.float32 | tf.int64
-    varlen: bool
-    role: str  # feature | label | group_key | weight | timestamp
-
-
-def record_fields(spec: FeatureSpec) -> dict[str, RecordField]:
-    """The keys and types of the examples written by preprocessing (training's and eval's input)."""
-    out: dict[str, RecordField] = {}
-    for f in spec.features:
-        dtype = tf.float32 if f.kind == "numeric" else tf.string
-        out[f.name] = RecordField(f.name, dtype, f.kind == "sequence", "feature")
-    out[spec.label.name] = RecordField(spec.label.name, tf.float32, False, "label")
-    if spec.group_key is not None and spec.group_key not in out:
-        out[spec.group_key] = RecordField(spec.group_key, tf.string, False, "group_key")
-    if spec.weight is not None:
-        out[spec.weight] = RecordField(spec.weight, tf.float32, False, "weight")
-    if spec.timestamp is not None and spec.timestamp not in out:
-        out[spec.timestamp] = RecordField(spec.timestamp, tf.int64, False, "timestamp")
-    return out
-
-
-def group_key_field(spec: FeatureSpec) -> str | None:
-    """The record key holding the group (user) id; it may double as a feature of the same name."""
-    return spec.group_key
+TF_DTYPES = {WIRE_BYTES: tf.string, WIRE_FLOAT: tf.float32, WIRE_INT64: tf.int64}
 
 
 def parse_spec(spec: FeatureSpec, features_only: bool = False) -> dict[str, tf.io.FixedLenFeature
                                                                         | tf.io.RaggedFeature]:
-    """The tf.io.parse_example spec for the records written by preprocessing."""
+    """The tf.io.parse_example spec for the records written by preprocessing (from `record_fields`' data)."""
     out: dict = {}
     for key, rf in record_fields(spec).items():
         if features_only and rf.role != "feature":
             continue
+        dtype = TF_DTYPES[rf.wire]
         if rf.varlen:
-            out[key] = tf.io.RaggedFeature(dtype=rf.dtype, row_splits_dtype=tf.int64)
-        elif rf.role == "feature" and rf.dtype == tf.float32:
-            out[key] = tf.io.FixedLenFeature([], tf.float32, default_value=spec.feature(key).default)
-        elif rf.dtype == tf.string:
-            out[key] = tf.io.FixedLenFeature([], tf.string, default_value=PAD)
-        elif rf.dtype == tf.int64:
-            out[key] = tf.io.FixedLenFeature([], tf.int64, default_value=0)
+            out[key] = tf.io.RaggedFeature(dtype=dtype, row_splits_dtype=tf.int64)
         else:
-            out[key] = tf.io.FixedLenFeature([], tf.float32, default_value=1.0 if rf.role == "weight" else 0.0)
+            out[key] = tf.io.FixedLenFeature([], dtype, default_value=rf.default)
     return out
 
 

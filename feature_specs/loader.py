@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from common import fs, typed_yaml
+from common.typed_yaml import deep_merge
 from feature_specs.schema import (DTYPES, KINDS, NUMERIC_TRANSFORMS, POOLINGS, SIDES, TOWERS, Feature,
                                   FeatureSpec, InputFormat, Label, SideTable, Split, Vocabulary)
 
@@ -27,41 +29,33 @@ class SpecError(ValueError):
 
 
 class _Ctx:
+    """One section of a spec (the file and e.g. `feature 'uid'`): common.typed_yaml's checks, reported as
+    SpecErrors naming the file, the section and the key."""
+
     def __init__(self, path: str, where: str):
         self.path, self.where = path, where
 
     def fail(self, key: str, msg: str) -> SpecError:
         return SpecError(f"{self.path}: {self.where}: key {key!r}: {msg}")
 
+    def _checked(self, check, value: Any, *args: Any, key: str | None = None) -> Any:
+        """`check(value, *args)`; its Problem becomes a SpecError naming `key` (the key whose value was checked) or,
+        for a mapping check, the culprit key the problem names."""
+        try:
+            return check(value, *args)
+        except typed_yaml.Problem as p:
+            key = key if key is not None else (p.path[0] if p.path else None)
+            raise (SpecError(f"{self.path}: {self.where}: {p.message}") if key is None
+                   else self.fail(key, p.message)) from None
+
     def check_keys(self, d: Any, allowed: set[str], required: set[str] = frozenset()) -> dict:
-        if not isinstance(d, dict):
-            raise SpecError(f"{self.path}: {self.where}: expected a mapping, got {type(d).__name__}")
-        for k in d:
-            if k not in allowed:
-                raise self.fail(str(k), f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        for k in required:
-            if k not in d:
-                raise self.fail(k, "is required")
-        return d
+        return self._checked(typed_yaml.mapping, d, allowed, sorted(required))
 
     def typed(self, d: dict, key: str, typ: type | tuple, default: Any = None) -> Any:
-        v = d.get(key, default)
-        if v is None:
-            return v
-        if typ is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        if isinstance(v, bool) and typ is not bool and (typ is int or typ is float):
-            raise self.fail(key, f"expected {typ.__name__}, got a boolean")
-        if not isinstance(v, typ):
-            name = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-            raise self.fail(key, f"expected {name}, got {type(v).__name__} {v!r}")
-        return v
+        return self._checked(typed_yaml.typed, d.get(key, default), typ, key=key)
 
     def choice(self, d: dict, key: str, options: tuple[str, ...], default: str) -> str:
-        v = d.get(key, default)
-        if v not in options:
-            raise self.fail(key, f"{v!r} is not one of {', '.join(options)}")
-        return v
+        return self._checked(typed_yaml.choice, d.get(key, default), options, key=key)
 
 
 def _str_list(ctx: _Ctx, d: dict, key: str, default: tuple = ()) -> tuple[str, ...]:
@@ -238,12 +232,29 @@ def _cross_check(spec: FeatureSpec) -> None:
 
 def load_spec(path: str | os.PathLike) -> FeatureSpec:
     """Read and validate a spec file. A bare name like `taobao` resolves to feature_specs/taobao.yaml."""
+    if not fs.is_local(path):  # a data or run folder's copy on gs://, hdfs://, ram://
+        return _load_url(fs.as_str(path))
     p = Path(path)
     if not p.exists() and not p.suffix and (SPEC_DIR / f"{p}.yaml").exists():
         p = SPEC_DIR / f"{p}.yaml"
     if not p.exists():
         raise SpecError(f"{path}: spec file not found")
     return spec_from_dict(resolved_raw(p), str(p))
+
+
+def _load_url(url: str) -> FeatureSpec:
+    """A spec at a URL (read through common.fs): it must be self-contained, as the resolved copy preprocessing
+    writes into its output is, since `extends` names files next to a local spec."""
+    if not fs.exists(url):
+        raise SpecError(f"{url}: spec file not found")
+    try:
+        raw = yaml.safe_load(fs.read_text(url))
+    except yaml.YAMLError as e:
+        raise SpecError(f"{url}: not valid YAML: {e}") from None
+    if isinstance(raw, dict) and "extends" in raw:
+        raise SpecError(f"{url}: top level: key 'extends': a spec read from a URL must be self-contained (the "
+                        f"resolved copy preprocessing writes); copy it locally to resolve {raw['extends']!r}")
+    return spec_from_dict(raw, url)
 
 
 def _read_yaml(p: Path) -> Any:
@@ -280,14 +291,6 @@ def resolved_text(path: str | os.PathLike) -> str:
         return text
     return f"# resolved from {p.name} (extends {raw['extends']})\n" + yaml.safe_dump(
         resolved_raw(p), sort_keys=False, allow_unicode=True)
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    """`over` merged into `base` key by key (nested mappings merged, anything else replaced)."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def spec_to_dict(spec: FeatureSpec) -> dict:

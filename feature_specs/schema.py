@@ -157,7 +157,3 @@ class FeatureSpec:
         for t in self.side_tables:
             cols.extend(c for c in t.columns if c != t.key and c not in cols)
         return tuple(cols)
-
-    @property
-    def group_key_name(self) -> str | None:
-        return self.group_key

@@ -21,9 +21,10 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 
-import feature_specs  # noqa: F401  (Keras flavour before TensorFlow)
 import numpy as np
 import tensorflow as tf
+
+from common import metrics
 
 log = logging.getLogger("rocketctr.calibration")
 
@@ -52,36 +53,19 @@ class PlattFit:
         return asdict(self)
 
 
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
-
-
-def weighted_logloss(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """Weighted mean binary cross-entropy computed from logits (stable for large |z|)."""
-    y = np.asarray(labels, dtype=np.float64)
-    z = np.asarray(logits, dtype=np.float64)
-    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
-    ll = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
-    return float(np.sum(w * ll) / max(np.sum(w), _EPS))
-
-
-def calibration_ratio(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """Weighted mean predicted CTR / observed CTR (1 = calibrated on average; NaN without clicks)."""
-    y = np.asarray(labels, dtype=np.float64)
-    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=np.float64)
-    clicks = float(np.sum(w * y))
-    return float(np.sum(w * sigmoid(logits)) / clicks) if clicks > 0 else float("nan")
+def _mean_logit_loss(y: np.ndarray, z: np.ndarray, w: np.ndarray) -> float:
+    """The fit's objective: weighted mean cross-entropy on the logit scale (unclipped, so the surface is smooth)."""
+    return float(np.sum(w * metrics.logit_logloss_terms(z, y)) / max(float(np.sum(w)), _EPS))
 
 
 def _loss_grad_hess(theta: np.ndarray, x: np.ndarray, y: np.ndarray, w: np.ndarray
                     ) -> tuple[float, np.ndarray, np.ndarray]:
     z = x @ theta
-    p = sigmoid(z)
-    ll = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+    p = metrics.sigmoid(z)
     sw = np.sum(w)
     grad = x.T @ (w * (p - y)) / sw
     hess = (x * (w * p * (1.0 - p))[:, None]).T @ x / sw
-    return float(np.sum(w * ll) / sw), grad, hess
+    return _mean_logit_loss(y, z, w), grad, hess
 
 
 def _newton(x: np.ndarray, y: np.ndarray, w: np.ndarray, theta: np.ndarray, max_iter: int, tol: float
@@ -145,15 +129,15 @@ def fit_platt(labels: np.ndarray, logits: np.ndarray, weights: np.ndarray | None
 def _fit_intercept(y: np.ndarray, z: np.ndarray, w: np.ndarray, max_iter: int, tol: float) -> tuple[float, int]:
     """argmin_b weighted logloss of sigmoid(z + b), z a fixed offset: 1-D damped Newton (convex)."""
     b, sw = 0.0, float(np.sum(w))
-    cur = weighted_logloss(y, z, w)
+    cur = _mean_logit_loss(y, z, w)
     for it in range(1, max_iter + 1):
-        p = sigmoid(z + b)
+        p = metrics.sigmoid(z + b)
         step = float(np.sum(w * (p - y)) / sw) / (float(np.sum(w * p * (1.0 - p)) / sw) + _EPS)
         t = 1.0
-        while t > 1e-6 and weighted_logloss(y, z + b - t * step, w) > cur + 1e-15:
+        while t > 1e-6 and _mean_logit_loss(y, z + b - t * step, w) > cur + 1e-15:
             t *= 0.5
         nb = b - t * step
-        nl = weighted_logloss(y, z + nb, w)
+        nl = _mean_logit_loss(y, z + nb, w)
         if nl > cur + 1e-15:
             return b, it
         done = abs(cur - nl) < tol and abs(nb - b) < 1e-9
@@ -170,14 +154,15 @@ def identity(method: str, reason: str, rows: int = 0, positives: int = 0) -> Pla
 
 def summary(labels: np.ndarray, logits: np.ndarray, a: float, b: float, weights: np.ndarray | None = None,
             log_rate: float = 0.0) -> dict:
-    """Calibration (mean predicted / observed CTR) and logloss of the raw logit (before) and of
-    a * z + b + log_rate (after), with the row and positive counts."""
+    """Calibration (mean predicted / observed CTR) and logloss (common.metrics, as the eval job reports them) of
+    the raw logit (before) and of a * z + b + log_rate (after), with the row and positive counts; None where the
+    rows cannot define a figure (no clicks)."""
     y = np.asarray(labels, dtype=np.float64).reshape(-1)
     z = np.asarray(logits, dtype=np.float64).reshape(-1)
-    after = a * z + b + log_rate
-    return {"calibration_before": calibration_ratio(y, z, weights), "calibration_after": calibration_ratio(
-                y, after, weights),
-            "logloss_before": weighted_logloss(y, z, weights), "logloss_after": weighted_logloss(y, after, weights),
+    before = metrics.CtrSums().add(metrics.sigmoid(z), y, weights)
+    after = metrics.CtrSums().add(metrics.sigmoid(a * z + b + log_rate), y, weights)
+    return {"calibration_before": before.calibration, "calibration_after": after.calibration,
+            "logloss_before": before.logloss, "logloss_after": after.logloss,
             "rows": int(len(y)), "positives": int(np.sum(y > 0.5))}
 
 

@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass, fields
 from typing import Callable
 
-import feature_specs  # noqa: F401
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
+
+from common.progress import ProgressReporter
 
 # tf.summary.scalar lives in the tensorboard package, which this environment does not install; writing the
 # same event (a float tensor tagged with the "scalars" plugin) through core tf.summary.write keeps the logs
@@ -102,6 +103,64 @@ class StepCallback(tf.keras.callbacks.Callback):
         now = time.monotonic()
         self.progress.wall_seconds += now - self._t0
         self._t0 = now
+
+
+class ProgressCallback(tf.keras.callbacks.Callback):
+    """Progress you can watch (common.progress): steps done / total, examples/s, ETA and the running loss and
+    per-tower AUC, as a line every interval (no TTY, or `bar=False` as with --quiet) or a terminal bar.
+
+    One instance spans the whole run (models.train calls fit once per epoch with the same callbacks), so the
+    total is steps already done + this epoch's remaining steps + the later epochs' full steps, capped by
+    max_steps; unknown (a cluster, or skipped shards) when Keras does not know the epoch's length."""
+
+    FIELDS = ("loss", "light_auc", "booster_auc", "teacher_auc")
+
+    def __init__(self, progress: Progress, rows_per_step: float, epochs: int, max_steps: int | None,
+                 bar: bool = True, reporter: ProgressReporter | None = None) -> None:
+        super().__init__()
+        self._supports_tf_logs = True  # values are converted only when a line is due (see StepCallback)
+        self.progress, self.rows_per_step, self.epochs, self.max_steps = progress, rows_per_step, epochs, max_steps
+        self.reporter = reporter or ProgressReporter("train", unit="steps", bar=bar, start=progress.global_step)
+        self._begin = progress.global_step
+        self._logs = None
+
+    def on_train_begin(self, logs=None) -> None:
+        p = self.progress
+        self._begin = p.global_step
+        self.reporter.set_total(self.total_steps(self.params.get("steps"), p.global_step, p.step_in_epoch, p.epoch))
+
+    def total_steps(self, steps: int | None, global_step: int, step_in_epoch: int, epoch: int) -> int | None:
+        """The run's total steps, given this fit call's `steps` (the rest of epoch `epoch`)."""
+        if steps is None:
+            return self.max_steps
+        total = global_step + steps + max(0, self.epochs - epoch - 1) * (step_in_epoch + steps)
+        return total if self.max_steps is None else min(total, self.max_steps)
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        self._logs = logs
+        self.reporter.update(self._begin + batch + 1, fields=self.fields)
+
+    def on_train_end(self, logs=None) -> None:
+        self.reporter.break_line()  # end of an epoch's fit: its validation log starts on a fresh line
+
+    def fields(self) -> dict[str, float]:
+        """examples/s, loss and the towers' AUC (running over the current epoch, as Keras reports them)."""
+        rate = self.reporter.rate()
+        out: dict[str, float] = {"examples/s": round(rate * self.rows_per_step, 1)} if rate else {}
+        logs = self._logs
+        if logs is None:
+            return out
+        if hasattr(logs, "fetch"):  # parameter-server training: the whole logs dict is one RemoteValue
+            logs = logs.fetch()
+        for k in self.FIELDS:
+            if k in logs:
+                v = logs[k]
+                out[k] = float(v.fetch() if hasattr(v, "fetch") else v)
+        return out
+
+    def finish(self) -> str:
+        """The run's last line (always printed)."""
+        return self.reporter.finish(self.fields)
 
 
 def _tb_name(key: str) -> str:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-MODES = ("rocket", "light", "booster", "kd")
+from common import typed_yaml
+from common.typed_yaml import deep_merge
+
+# train.mode -> the towers the model builds and trains (models.rocket reads it; the allowed modes are its keys)
+MODE_TOWERS = {"rocket": ("light", "booster"), "light": ("light",), "booster": ("booster",), "kd": ("light",)}
+MODES = tuple(MODE_TOWERS)
 HINTS = ("mse_logits", "kd", "mse_logits+kd")
-LIGHT_KINDS = ("lr", "fm", "mlp")
-BOOSTER_KINDS = ("mlp", "dcn", "din")
-OPTIMIZERS = ("adam", "adagrad", "sgd", "ftrl")
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored", "parameter_server")
 CALIBRATIONS = ("platt", "none")
 # what the two towers share (the paper's two schemes): "bottom" the embedding tables; "interval" the tables plus the
@@ -110,12 +111,18 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> "RunConfig":
+        # the tower kinds and optimizer names are the keys of the mappings that build them; those modules need
+        # TensorFlow, so they are read here, when a config is validated, not when this module is imported (the
+        # command line's --help stays TensorFlow-free)
+        from models.optimizers import OPTIMIZERS
+        from models.towers import BOOSTER_TOWERS, LIGHT_TOWERS
+
         _choice("train.mode", self.train.mode, MODES)
         _choice("train.strategy", self.train.strategy, STRATEGIES)
         _choice("train.calibration", self.train.calibration, CALIBRATIONS)
         _choice("model.loss.hint", self.model.loss.hint, HINTS)
-        _choice("model.light.kind", self.model.light.kind, LIGHT_KINDS)
-        _choice("model.booster.kind", self.model.booster.kind, BOOSTER_KINDS)
+        _choice("model.light.kind", self.model.light.kind, LIGHT_TOWERS)
+        _choice("model.booster.kind", self.model.booster.kind, BOOSTER_TOWERS)
         _choice("model.sharing", self.model.sharing, SHARINGS)
         if self.model.sharing == "interval":
             _check_interval(self.model)
@@ -152,60 +159,20 @@ def _check_interval(m: ModelConfig) -> None:
                           "first hidden layer; it needs share_embeddings true")
 
 
-def _choice(key: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(options)}")
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
-    """Recursively build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    hints = get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in names:
-            raise ConfigError(f"{where}: unknown key {key!r} (allowed: {', '.join(sorted(names))})")
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
-    return cls(**kwargs)
-
-
-def _coerce(typ: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(typ):
-        return _build(typ, value, where)
-    args = get_args(typ)
-    if type(None) in args:  # Optional[...]
-        if value is None:
-            return None
-        typ = next(a for a in args if a is not type(None))
-        args = get_args(typ)
-    if get_origin(typ) is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if typ is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if typ is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"{where}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def _choice(key: str, value: str, options) -> None:
+    try:
+        typed_yaml.choice(value, options)
+    except typed_yaml.Problem as p:
+        raise ConfigError(f"{key}: {p.message}") from None
 
 
 def config_from_dict(raw: dict, where: str = "<config>") -> RunConfig:
-    return _build(RunConfig, raw, where).validate()
+    """The validated RunConfig of a mapping; errors name `where` (file, experiment) and the key path."""
+    try:
+        cfg = typed_yaml.build(RunConfig, raw)
+    except typed_yaml.Problem as p:
+        raise ConfigError(f"{where}: {p.dotted}: {p.message}" if p.path else f"{where}: {p.message}") from None
+    return cfg.validate()
 
 
 def load_config(path: str | Path, experiment: str | None = None, overrides: dict | None = None) -> RunConfig:
@@ -224,9 +191,9 @@ def load_config(path: str | Path, experiment: str | None = None, overrides: dict
         exps = doc.get("experiments") or {}
         if experiment not in exps:
             raise ConfigError(f"{p}: no experiment {experiment!r} (have: {', '.join(sorted(exps)) or 'none'})")
-        raw = _merge(raw, exps[experiment] or {})
+        raw = deep_merge(raw, exps[experiment] or {})
         raw["name"] = experiment
-    raw = _merge(raw, overrides or {})
+    raw = deep_merge(raw, overrides or {})
     return config_from_dict(raw, f"{p}" + (f" experiment {experiment!r}" if experiment else ""))
 
 

@@ -14,7 +14,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-import feature_specs  # noqa: F401  (before TensorFlow: sets the Keras flavour)
 import numpy as np
 import tensorflow as tf
 

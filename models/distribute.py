@@ -20,9 +20,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import feature_specs  # noqa: F401
 import tensorflow as tf
 
+from common import fs
 from models.config import ConfigError
 
 
@@ -35,11 +35,12 @@ class ClusterRole:
     num_workers: int
     is_chief: bool
 
-    def write_dir(self, run_dir: Path, sub: str) -> Path:
-        """run_dir/sub on the chief; a per-worker temp folder elsewhere (deleted by `cleanup`)."""
+    def write_dir(self, run_dir: str | os.PathLike, sub: str) -> str:
+        """run_dir/sub on the chief (local or a URL); a per-worker local temp folder elsewhere (deleted by
+        `cleanup`)."""
         if self.is_chief:
-            return run_dir / sub
-        return Path(tempfile.gettempdir()) / f"rocketctr-{os.getpid()}-{self.task_type}{self.task_id}" / sub
+            return fs.join(run_dir, *sub.split("/"))
+        return str(Path(tempfile.gettempdir()) / f"rocketctr-{os.getpid()}-{self.task_type}{self.task_id}" / sub)
 
     def cleanup(self) -> None:
         if not self.is_chief:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import feature_specs  # noqa: F401  (Keras flavour before TensorFlow)
 import tensorflow as tf
 
 from feature_specs.schema import TOWERS, FeatureSpec
@@ -244,6 +243,16 @@ class Embedder(tf.keras.layers.Layer):
             for m in [m for m in names if m not in seq] + seq:
                 out[m], col = (col, dim), col + dim
         return out
+
+    def flat_columns(self, tower: str, names: frozenset[str] | set[str]) -> list[int]:
+        """The columns (of flat_layout) that `fields(..., only=names)[tower].flat()` holds, in its order: the
+        kernel rows a split first layer multiplies that part with, known without building any tensor."""
+        layout, cols = self.flat_layout(tower), []
+        for names_in_bank in self._needed((tower,), frozenset(names)).values():
+            seq = [m for m in names_in_bank if self.spec.feature(m).kind == "sequence"]
+            for m in [m for m in names_in_bank if m not in seq] + seq:
+                cols += range(layout[m][0], layout[m][0] + layout[m][1])
+        return cols
 
     def _offset(self, bank_key: str, name: str, towers: tuple[str, ...]) -> int:
         key = table_key(self.spec.feature(name))

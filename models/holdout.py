@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import feature_specs  # noqa: F401  (before TensorFlow: sets the Keras flavour)
 import numpy as np
 import tensorflow as tf
 

@@ -18,7 +18,6 @@ import math
 import os
 from dataclasses import dataclass
 
-import feature_specs  # noqa: F401  (Keras flavour before TensorFlow)
 import numpy as np
 import tensorflow as tf
 

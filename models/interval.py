@@ -17,7 +17,6 @@ layer with it. The light export tracks the layer through TowerPath (models/rocke
 
 from __future__ import annotations
 
-import feature_specs  # noqa: F401  (Keras flavour before TensorFlow)
 import numpy as np
 import tensorflow as tf
 

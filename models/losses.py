@@ -8,7 +8,6 @@ Everything is a weighted batch mean (weights default to 1, i.e. a plain batch me
 
 from __future__ import annotations
 
-import feature_specs  # noqa: F401  (Keras flavour before TensorFlow)
 import tensorflow as tf
 
 from models.config import HINTS, LossConfig

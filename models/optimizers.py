@@ -11,25 +11,25 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-import feature_specs  # noqa: F401  (Keras flavour before TensorFlow)
 import tensorflow as tf
 
 from feature_specs.schema import FeatureSpec
 from models.config import OptimizerConfig
 
-_OPTIMIZERS = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad,
-               "sgd": tf.keras.optimizers.SGD, "ftrl": tf.keras.optimizers.Ftrl}
+# optimizer name -> its class: the names a config may use (models.config validates against these keys)
+OPTIMIZERS = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad,
+              "sgd": tf.keras.optimizers.SGD, "ftrl": tf.keras.optimizers.Ftrl}
 
 
 def make_optimizer(cfg: OptimizerConfig, name: str | None = None) -> tf.keras.optimizers.Optimizer:
-    if cfg.name not in _OPTIMIZERS:
-        raise ValueError(f"optimizer name {cfg.name!r} is not one of {', '.join(_OPTIMIZERS)}")
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(f"optimizer name {cfg.name!r} is not one of {', '.join(OPTIMIZERS)}")
     kw: dict[str, Any] = {"learning_rate": cfg.learning_rate}
     if cfg.clipnorm is not None:
         kw["clipnorm"] = cfg.clipnorm
     if name:
         kw["name"] = name
-    return _OPTIMIZERS[cfg.name](**kw)
+    return OPTIMIZERS[cfg.name](**kw)
 
 
 class Teacher:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 
-import feature_specs  # noqa: F401  (Keras flavour before TensorFlow)
 import tensorflow as tf
 
 from feature_specs import derive
 from feature_specs.schema import TOWERS, FeatureSpec
-from models.config import RunConfig
+from models.config import MODE_TOWERS, RunConfig
 from models.calibration import Calibration
 from models.embeddings import Embedder, Fields, with_embedding_dim
 from models.inputs import FeatureInputs, build_feature_inputs
@@ -26,7 +25,6 @@ from models.towers import build_tower
 
 # Nothing here branches on tensor values; skipping AutoGraph's source rewriting cuts tracing time ~15x (measured on synthetic).
 NO_AUTOGRAPH = tf.autograph.experimental.do_not_convert
-MODE_TOWERS = {"rocket": ("light", "booster"), "light": ("light",), "booster": ("booster",), "kd": ("light",)}
 
 
 class TowerPath(tf.Module):
@@ -45,12 +43,13 @@ class TowerPath(tf.Module):
         return self.tower(self.embedder.fields(enc, (self.tower_name,))[self.tower_name], training=training)
 
     @NO_AUTOGRAPH
-    def candidate_logits(self, user: dict[str, tf.Tensor], items: dict[str, tf.Tensor]) -> tf.Tensor:
+    def candidate_logits(self, user: dict[str, tf.Tensor], items: dict[str, tf.Tensor],
+                         kernels: list[tf.Tensor] | None = None) -> tf.Tensor:
         """Logits [N] of one user (batch-1 user/context inputs) against N candidates (item inputs).
 
         The user side is encoded, looked up and pooled once and broadcast as embedded vectors, which equals
         `logits` on the user's raw inputs repeated N times (what score_candidates promises) at the cost of
-        one row instead of N.
+        one row instead of N. `kernels`: split_kernels(user) gathered ahead of time (the export keeps them).
         """
         once = tuple(n for n in self.inputs.names if n in user)
         per_row = tuple(n for n in self.inputs.names if n not in user)
@@ -58,12 +57,13 @@ class TowerPath(tf.Module):
         if per_row:  # a tower may read no item feature at all; it still scores N rows
             enc.update(self.inputs.encode(items, per_row))
         if per_row and self.tower.splits_first_layer:
-            return self._split_candidate_logits(enc, once, per_row)
+            return self._split_candidate_logits(enc, once, per_row, kernels)
         n = tf.shape(next(iter(items.values())))[0]
         fields = self.embedder.fields(enc, (self.tower_name,), once=frozenset(once), n=n)
         return self.tower(fields[self.tower_name], training=False)
 
-    def _split_candidate_logits(self, enc: dict, once: tuple[str, ...], per_row: tuple[str, ...]) -> tf.Tensor:
+    def _split_candidate_logits(self, enc: dict, once: tuple[str, ...], per_row: tuple[str, ...],
+                                kernels: list[tf.Tensor] | None = None) -> tf.Tensor:
         """The tower's first layer applied to the user's fields at batch 1 and the items' at batch N, summed.
 
         No [N, all fields] input is ever built: the user's share of the first layer is one row, and only the
@@ -76,7 +76,26 @@ class TowerPath(tf.Module):
             if names:
                 f = self.embedder.fields(enc, (self.tower_name,), only=frozenset(names))[self.tower_name]
                 parts.append((f.flat(), f.columns(layout)))
-        return self.tower.split_logits(parts)
+        if kernels is not None and ([len(c) for _, c in parts] != [int(k.shape[0]) for k in kernels]
+                                    or [c for _, c in parts] != self.split_columns(frozenset(once))):
+            raise ValueError(f"{self.tower_name}: pre-split kernels with {[int(k.shape[0]) for k in kernels]} rows do "
+                             f"not match this request's user/item parts of {[len(c) for _, c in parts]} columns")
+        return self.tower.split_logits(parts, kernels)
+
+    def split_columns(self, user: frozenset[str] | set[str]) -> list[list[int]]:
+        """The first-layer kernel rows of the user part and of the item part (non-empty parts only) when the
+        features in `user` come at batch 1: what candidate_logits multiplies each part with."""
+        once = [n for n in self.inputs.names if n in user]
+        per_row = [n for n in self.inputs.names if n not in user]
+        return [self.embedder.flat_columns(self.tower_name, frozenset(names)) for names in (once, per_row) if names]
+
+    def split_kernels(self, user: frozenset[str] | set[str]) -> list[tf.Tensor] | None:
+        """The tower's first-layer kernel rows per part (split_columns), gathered now; None when the tower has
+        no split first layer or reads no item feature (candidate_logits then takes the broadcast path)."""
+        if not self.tower.splits_first_layer or all(n in user for n in self.inputs.names):
+            return None
+        kernel = self.tower.first_layer().kernel
+        return [tf.gather(kernel, cols) for cols in self.split_columns(user)]
 
     @property
     def parts(self) -> list[tf.Module]:
@@ -211,12 +230,6 @@ class RocketModel(tf.keras.Model):
     def calibrated_logits(self, tower: str, features: dict[str, tf.Tensor]) -> tf.Tensor:
         """The logit the export serves for `tower`: calibrated and corrected for negative sampling."""
         return self.attach_calibration().towers[tower](self.tower_path(tower).logits(features))
-
-    def light_parts(self) -> list[tf.Module]:
-        return self.tower_path("light").parts
-
-    def booster_parts(self) -> list[tf.Module]:
-        return self.tower_path("booster").parts
 
     def light_logits(self, features: dict[str, tf.Tensor]) -> tf.Tensor:
         return self.tower_path("light").logits(features)

@@ -12,16 +12,16 @@ RUN_DIR/
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import feature_specs  # noqa: F401
+import feature_specs
 import tensorflow as tf
 
+from common import fs
 from feature_specs import artifacts
-from feature_specs.loader import load_spec, spec_hash
+from feature_specs.loader import load_spec, resolved_text, spec_hash
 from feature_specs.schema import FeatureSpec
 from models.config import ConfigError, RunConfig, config_from_dict, config_to_dict
 
@@ -32,34 +32,39 @@ class RunError(ValueError):
 
 @dataclass(frozen=True)
 class RunPaths:
-    root: Path
+    """The run's files as `str` paths (local or a URL: common.fs)."""
+
+    root: str
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", fs.as_str(root))
 
     @property
-    def config(self) -> Path:
-        return self.root / "config.json"
+    def config(self) -> str:
+        return fs.join(self.root, "config.json")
 
     @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
+    def metrics(self) -> str:
+        return fs.join(self.root, "metrics.json")
 
     @property
-    def spec(self) -> Path:
-        return self.root / "spec.yaml"
+    def spec(self) -> str:
+        return fs.join(self.root, "spec.yaml")
 
     @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+    def checkpoints(self) -> str:
+        return fs.join(self.root, "checkpoints")
 
     @property
-    def final(self) -> Path:
-        return self.root / "checkpoints" / "final"
+    def final(self) -> str:
+        return fs.join(self.root, "checkpoints", "final")
 
     @property
-    def tb(self) -> Path:
-        return self.root / "tb"
+    def tb(self) -> str:
+        return fs.join(self.root, "tb")
 
-    def tower(self, name: str) -> Path:
-        return self.root / "towers" / name
+    def tower(self, name: str) -> str:
+        return fs.join(self.root, "towers", name)
 
 
 @dataclass(frozen=True)
@@ -68,14 +73,14 @@ class LoadedRun:
     cfg: RunConfig
     data_dir: str
     model: tf.keras.Model
-    run_dir: Path | None = None
+    run_dir: str | Path | None = None  # a Path for a local run (common.fs.native)
 
 
 def resolve_spec(cfg: RunConfig, data_dir: str | os.PathLike) -> FeatureSpec:
     """The spec the data was preprocessed with (DIR/spec.yaml) is authoritative; a config naming a different
     spec is an error rather than a silently mismatched model."""
     copy = artifacts.spec_copy_path(data_dir)
-    if not copy.exists():
+    if not fs.exists(copy):
         return load_spec(cfg.spec)
     spec = load_spec(copy)
     try:
@@ -88,33 +93,27 @@ def resolve_spec(cfg: RunConfig, data_dir: str | os.PathLike) -> FeatureSpec:
     return spec
 
 
-def write_run_config(run_dir: Path, cfg: RunConfig, data_dir: str | os.PathLike, spec: FeatureSpec) -> None:
+def write_run_config(run_dir: str | os.PathLike, cfg: RunConfig, data_dir: str | os.PathLike,
+                     spec: FeatureSpec) -> None:
     paths = RunPaths(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if Path(spec.path).is_file():
-        paths.spec.write_text(Path(spec.path).read_text(encoding="utf-8"), encoding="utf-8")
-    doc = {"config": config_to_dict(cfg), "data_dir": str(Path(data_dir).resolve()), "spec_path": str(paths.spec),
+    fs.makedirs(paths.root)
+    if spec.path and fs.isfile(spec.path):  # resolved (no `extends`), so the copy reads anywhere on its own
+        fs.write_text(paths.spec, resolved_text(spec.path) if fs.is_local(spec.path) else fs.read_text(spec.path))
+    doc = {"config": config_to_dict(cfg), "data_dir": fs.absolute(data_dir), "spec_path": paths.spec,
            "spec_name": spec.name, "spec_hash": spec_hash(spec),
            "code_version": feature_specs.runtime.code_version()}
-    _atomic_write(paths.config, json.dumps(doc, indent=1))
+    fs.write_json(paths.config, doc)
 
 
 def read_run_config(run_dir: str | os.PathLike) -> tuple[RunConfig, str, FeatureSpec]:
     """(cfg, data_dir, spec) recorded by the training job."""
-    paths = RunPaths(Path(run_dir))
-    if not paths.config.exists():
+    paths = RunPaths(run_dir)
+    if not fs.exists(paths.config):
         raise RunError(f"{paths.config}: not a run directory (config.json is missing)")
-    doc = json.loads(paths.config.read_text())
-    cfg = config_from_dict(doc["config"], str(paths.config))
-    spec = load_spec(paths.spec if paths.spec.exists() else doc["spec_path"])
+    doc = fs.read_json(paths.config)
+    cfg = config_from_dict(doc["config"], paths.config)
+    spec = load_spec(paths.spec if fs.exists(paths.spec) else doc["spec_path"])
     return cfg, doc["data_dir"], spec
-
-
-def build_for(spec: FeatureSpec, data_dir: str, cfg: RunConfig, teacher=None) -> tf.keras.Model:
-    """models.rocket.build_model (it creates every variable eagerly, so restores match at once)."""
-    from models.rocket import build_model  # the model package; imported late so data-only users stay light
-
-    return build_model(spec, data_dir, cfg, teacher=teacher)
 
 
 def scoring_config(cfg: RunConfig) -> RunConfig:
@@ -128,34 +127,30 @@ def scoring_config(cfg: RunConfig) -> RunConfig:
 def load_run(run_dir: str | os.PathLike) -> LoadedRun:
     """Rebuild the model of a finished run and restore its final weights (serving's export uses this).
     LoadedRun.cfg is the run's own config (mode kd stays kd even though the model is built light-only)."""
-    root = Path(run_dir)
-    cfg, data_dir, spec = read_run_config(root)
-    paths = RunPaths(root)
-    ckpt_path = tf.train.latest_checkpoint(str(paths.final)) or tf.train.latest_checkpoint(str(paths.checkpoints))
+    from models.rocket import build_model  # imported late: readers of run configs need not load the model code
+
+    paths = RunPaths(run_dir)
+    cfg, data_dir, spec = read_run_config(paths.root)
+    ckpt_path = tf.train.latest_checkpoint(paths.final) or tf.train.latest_checkpoint(paths.checkpoints)
     if ckpt_path is None:
-        raise RunError(f"{root}: no checkpoint under {paths.final} or {paths.checkpoints} (did training finish?)")
-    model = build_for(spec, data_dir, scoring_config(cfg))
+        raise RunError(f"{paths.root}: no checkpoint under {paths.final} or {paths.checkpoints} (did training finish?)")
+    model = build_model(spec, data_dir, scoring_config(cfg))  # every variable is created eagerly: restores match
     tf.train.Checkpoint(model=model).restore(ckpt_path).expect_partial().assert_existing_objects_matched()
     # after the restore: a final checkpoint's Platt parameters are restored on creation; a checkpoint without
     # them (an older run, or one that never reached the end) leaves the identity (models.rocket)
     model.attach_calibration()
-    return LoadedRun(spec=spec, cfg=cfg, data_dir=data_dir, model=model, run_dir=root)
+    return LoadedRun(spec=spec, cfg=cfg, data_dir=data_dir, model=model, run_dir=fs.native(paths.root))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def write_json(path: str | os.PathLike, doc: dict) -> None:
+    """metrics.json and friends: written once, atomically where the store allows (common.fs)."""
+    fs.write_json(path, doc, sort_keys=True)
 
 
-def write_json(path: Path, doc: dict) -> None:
-    _atomic_write(path, json.dumps(doc, indent=1, sort_keys=True))
-
-
-def check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
+def check_resume_config(run_dir: str | os.PathLike, cfg: RunConfig) -> None:
     """--resume must continue the same experiment: a config that differs from the run's is an error listing
     the changed keys (a silently different resumed run would be neither run)."""
-    if not RunPaths(run_dir).config.exists():
+    if not fs.exists(RunPaths(run_dir).config):
         return
     saved, _, _ = read_run_config(run_dir)
     if config_to_dict(saved) != config_to_dict(cfg):

@@ -7,7 +7,6 @@ in models.embeddings (shared bottom).
 
 from __future__ import annotations
 
-import feature_specs  # noqa: F401  (Keras flavour before TensorFlow; tensorflow_recommenders needs tf-keras)
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -32,12 +31,18 @@ class Tower(tf.keras.layers.Layer):
     # and the item columns separately (split_logits), the user part once per score_candidates request.
     splits_first_layer = False
 
-    def split_logits(self, parts: list[tuple[tf.Tensor, list[int]]]) -> tf.Tensor:
+    def split_logits(self, parts: list[tuple[tf.Tensor, list[int]]],
+                     kernels: list[tf.Tensor] | None = None) -> tf.Tensor:
         """Logits [N] from column subsets of fields.flat(): (x [1 or N, k], its columns in the full layout).
 
         At least one part must have the N rows (batch-1 parts broadcast against it in the first layer's sum).
+        `kernels`: the parts' first-layer kernel rows gathered ahead of time (split_dense).
         """
         raise NotImplementedError(f"{type(self).__name__} reads its fields jointly; it has no split first layer")
+
+    def first_layer(self) -> tf.keras.layers.Layer:
+        """The Dense-compatible layer split_logits splits (towers with splits_first_layer only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no split first layer")
 
     def l2_loss(self) -> tf.Tensor:
         kernels = [w for w in self.trainable_weights if "kernel" in w.name]
@@ -46,16 +51,22 @@ class Tower(tf.keras.layers.Layer):
         return self.cfg.l2 * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
 
 
-def split_dense(layer: tf.keras.layers.Dense, parts: list[tuple[tf.Tensor, list[int]]]) -> tf.Tensor:
+def split_dense(layer: tf.keras.layers.Dense, parts: list[tuple[tf.Tensor, list[int]]],
+                kernels: list[tf.Tensor] | None = None) -> tf.Tensor:
     """layer(concat of the parts in layout order) as a sum of per-part products with the kernel's matching rows.
 
     A batch-1 part (the user side) costs one row and broadcasts in the sum, so scoring N candidates pays
     the user's share of the first layer once; the result equals the layer on the broadcast concatenation.
+    `kernels` (one per part, in order) are those rows gathered ahead of time, e.g. kept as variables by the
+    export (models.saved), so a request does not gather them again.
     """
-    kernel = layer.kernel
+    kernel = layer.kernel if kernels is None else None
     out = None
-    for x, cols in parts:
-        w = kernel if cols == list(range(int(kernel.shape[0]))) else tf.gather(kernel, cols)
+    for i, (x, cols) in enumerate(parts):
+        if kernels is not None:
+            w = kernels[i]
+        else:
+            w = kernel if cols == list(range(int(kernel.shape[0]))) else tf.gather(kernel, cols)
         y = tf.matmul(x, w)
         out = y if out is None else out + y
     if layer.use_bias:
@@ -107,8 +118,12 @@ class LRTower(Tower):
     def call(self, fields: Fields, training: bool = False) -> tf.Tensor:
         return tf.squeeze(self.out(fields.flat()), -1)
 
-    def split_logits(self, parts: list[tuple[tf.Tensor, list[int]]]) -> tf.Tensor:
-        return tf.squeeze(split_dense(self.out, parts), -1)
+    def split_logits(self, parts: list[tuple[tf.Tensor, list[int]]],
+                     kernels: list[tf.Tensor] | None = None) -> tf.Tensor:
+        return tf.squeeze(split_dense(self.out, parts, kernels), -1)
+
+    def first_layer(self) -> tf.keras.layers.Layer:
+        return self.out
 
 
 class FMTower(Tower):
@@ -140,11 +155,15 @@ class MLPTower(Tower):
         x = self.body(fields.flat(), training=training, frozen_shared=frozen_shared)
         return tf.squeeze(self.out(x), -1)
 
-    def split_logits(self, parts: list[tuple[tf.Tensor, list[int]]]) -> tf.Tensor:
+    def split_logits(self, parts: list[tuple[tf.Tensor, list[int]]],
+                     kernels: list[tf.Tensor] | None = None) -> tf.Tensor:
         if not self.body.layers_:
-            return tf.squeeze(split_dense(self.out, parts), -1)
+            return tf.squeeze(split_dense(self.out, parts, kernels), -1)
         # inference only (score_candidates): the first layer's dropout is the identity there
-        return tf.squeeze(self.out(self.body(split_dense(self.body.layers_[0], parts), first=1)), -1)
+        return tf.squeeze(self.out(self.body(split_dense(self.body.layers_[0], parts, kernels), first=1)), -1)
+
+    def first_layer(self) -> tf.keras.layers.Layer:
+        return self.body.layers_[0] if self.body.layers_ else self.out
 
 
 class DCNTower(Tower):
@@ -216,6 +235,7 @@ class DINTower(Tower):
         return tf.squeeze(self.out(self.body(x, training=training)), -1)
 
 
+# tower kind -> its class, per role: the kinds a config may use (models.config validates against these keys)
 LIGHT_TOWERS = {"lr": LRTower, "fm": FMTower, "mlp": MLPTower}
 BOOSTER_TOWERS = {"mlp": MLPTower, "dcn": DCNTower, "din": DINTower}
 

@@ -14,16 +14,18 @@ import os
 import time
 from pathlib import Path
 
-import feature_specs  # noqa: F401
+import feature_specs
 import tensorflow as tf
 
+from common import fs
 from feature_specs import artifacts
 from feature_specs.schema import FeatureSpec
 from models import data, data_cache, distribute, split_scoring
 from models import calibration
-from models.callbacks import Progress, StepCallback, TrainState, write_scalars
+from models.callbacks import Progress, ProgressCallback, StepCallback, TrainState, write_scalars
 from models.config import ConfigError, RunConfig
-from models.run import RunError, RunPaths, build_for, check_resume_config, read_run_config, resolve_spec, write_json, \
+from models.rocket import build_model
+from models.run import RunError, RunPaths, check_resume_config, read_run_config, resolve_spec, write_json, \
     write_run_config
 
 log = logging.getLogger("rocketctr.train")
@@ -31,18 +33,19 @@ STEPS_PER_EXECUTION = 8
 
 
 def train(cfg: RunConfig, data_dir: str | os.PathLike, run_dir: str | os.PathLike, resume: bool = False,
-          verbose: int = 1) -> Path:
-    """Train per `cfg` on DIR's train split; return the run dir. Raises ConfigError / ArtifactError /
+          verbose: int = 1) -> str | Path:
+    """Train per `cfg` on DIR's train split; return the run dir (a Path when local, else the URL; both may be
+    anywhere common.fs reaches). Raises ConfigError / ArtifactError /
     CorruptShardError with a message naming what is wrong."""
     if distribute.is_server_task(cfg.train.strategy):
         distribute.run_server()  # parameter-server worker/ps: serve the chief until killed
-        return Path(run_dir)
+        return fs.native(run_dir)
     spec = resolve_spec(cfg, data_dir)
     tf.keras.utils.set_random_seed(cfg.train.seed)  # same seed -> same initial weights (resume/compare runs)
     strategy = distribute.make_strategy(cfg.train.strategy)
     role = distribute.cluster_role(strategy)
     try:
-        return TrainingJob(cfg, spec, str(data_dir), Path(run_dir), strategy, role, verbose).run(resume)
+        return TrainingJob(cfg, spec, fs.as_str(data_dir), fs.as_str(run_dir), strategy, role, verbose).run(resume)
     finally:
         role.cleanup()
 
@@ -50,7 +53,7 @@ def train(cfg: RunConfig, data_dir: str | os.PathLike, run_dir: str | os.PathLik
 class TrainingJob:
     """One training run; the pieces are methods so the loop in `run` reads like the regime it implements."""
 
-    def __init__(self, cfg: RunConfig, spec: FeatureSpec, data_dir: str, run_dir: Path,
+    def __init__(self, cfg: RunConfig, spec: FeatureSpec, data_dir: str, run_dir: str,
                  strategy: tf.distribute.Strategy, role: distribute.ClusterRole, verbose: int) -> None:
         self.cfg, self.spec, self.data_dir, self.paths = cfg, spec, data_dir, RunPaths(run_dir)
         self.strategy, self.role, self.verbose = strategy, role, verbose
@@ -90,26 +93,26 @@ class TrainingJob:
             # kd: the teacher run's booster SavedModel; the job holds the loaded object so its variables live
             # as long as the student that calls its signature
             self.teacher = self._load_teacher()
-            self.model = build_for(self.spec, self.data_dir, self.cfg, self.teacher)
+            self.model = build_model(self.spec, self.data_dir, self.cfg, self.teacher)
             # per-part optimizers from cfg.train (weights: in the loss); several steps per tf.function call
             # cut the per-step Python overhead, which matters at ~20-40 steps/s on 2 cores
             self.model.compile(weighted_metrics=[], steps_per_execution=self.steps_per_execution)
             self.state = TrainState()
         self.ckpt = tf.train.Checkpoint(model=self.model, state=self.state)
         self.manager = tf.train.CheckpointManager(
-            self.ckpt, str(self.role.write_dir(self.paths.root, "checkpoints")), max_to_keep=2)
+            self.ckpt, self.role.write_dir(self.paths.root, "checkpoints"), max_to_keep=2)
         self.best = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model),
-                                               str(self.role.write_dir(self.paths.root, "checkpoints/best")),
+                                               self.role.write_dir(self.paths.root, "checkpoints/best"),
                                                max_to_keep=1)
         tb = self.role.write_dir(self.paths.root, "tb")
-        self.writers = {k: tf.summary.create_file_writer(str(tb / k)) for k in ("train", "validation", "eval")}
+        self.writers = {k: tf.summary.create_file_writer(fs.join(tb, k)) for k in ("train", "validation", "eval")}
 
     def _load_teacher(self):
         """kd: the teacher run must be a finished booster/rocket run on the same spec; its towers/booster
         SavedModel becomes the frozen teacher."""
         if self.t.mode != "kd":
             return None
-        teacher_dir = Path(self.t.teacher_run)
+        teacher_dir = fs.as_str(self.t.teacher_run)
         tcfg, _, tspec = read_run_config(teacher_dir)
         if tcfg.train.mode not in ("booster", "rocket"):
             raise ConfigError(f"train.teacher_run: {teacher_dir} is a {tcfg.train.mode!r} run; kd needs a "
@@ -118,13 +121,13 @@ class TrainingJob:
             raise ConfigError(f"train.teacher_run: {teacher_dir} was trained on spec {tspec.name!r} with a "
                               f"different hash than this run's {self.spec.name!r}")
         booster = RunPaths(teacher_dir).tower("booster")
-        if not (booster / "saved_model.pb").exists():
+        if not fs.exists(fs.join(booster, "saved_model.pb")):
             raise RunError(f"train.teacher_run: {teacher_dir} has no towers/booster SavedModel (did it finish?)")
-        return tf.saved_model.load(str(booster))
+        return tf.saved_model.load(booster)
 
     def _restore(self, resume: bool) -> Progress:
         # every worker restores from the chief's folder (a shared filesystem, as in any multi-worker setup)
-        latest = tf.train.latest_checkpoint(str(self.paths.checkpoints))
+        latest = tf.train.latest_checkpoint(self.paths.checkpoints)
         if latest and not resume:
             raise RunError(f"{self.paths.root} already holds checkpoints ({latest}); pass --resume to continue "
                            f"that run or choose a new --out")
@@ -196,7 +199,7 @@ class TrainingJob:
             raise data.describe_corrupt(files, e) from None
 
     # ---------------------------------------------------------------------------------------- loop
-    def run(self, resume: bool) -> Path:
+    def run(self, resume: bool) -> str | Path:
         start = time.monotonic()
         if resume:
             check_resume_config(self.paths.root, self.cfg)
@@ -210,15 +213,17 @@ class TrainingJob:
         rows_per_step = self.t.batch_size * (1.0 if self.cache else 1.0 - self.fraction)
         step_cb = StepCallback(p, rows_per_step, self.writers["train"],
                                self.t.log_every_steps, self.t.checkpoint_every_steps, lambda: self._save(p))
+        # progress lines at a fixed interval even when quiet (verbose=0: no terminal bar); Keras' own bar is off
+        progress_cb = ProgressCallback(p, rows_per_step, self.t.epochs, self.t.max_steps, bar=bool(self.verbose))
         stopped_early = False
         while p.epoch < self.t.epochs and not self._out_of_steps(p):
             take = None if self.t.max_steps is None else self.t.max_steps - p.global_step
             ds = self._train_ds(p.epoch, p.step_in_epoch, take)
             before = p.global_step
-            # epochs=total so the progress bar reads "Epoch e/E"; the callback ends fit after this one epoch
+            # epochs=total with initial_epoch; the callback ends fit after this one epoch
             # (each epoch gets its own seeded stream, which is what makes resume exact)
             self._guard(self.train_files, lambda: self.model.fit(
-                ds, initial_epoch=p.epoch, epochs=self.t.epochs, verbose=self.verbose, callbacks=[step_cb],
+                ds, initial_epoch=p.epoch, epochs=self.t.epochs, verbose=0, callbacks=[step_cb, progress_cb],
                 steps_per_epoch=self._steps_hint(p, take)))
             if take is not None and p.global_step - before >= take:
                 break  # max_steps hit inside the epoch: epoch/step_in_epoch stay where the data stopped
@@ -227,12 +232,13 @@ class TrainingJob:
             self._save(p)
             if stopped_early:
                 break
+        progress_cb.finish()
         if self._saved_step != p.global_step:
             self._save(p)
         if p.best_epoch >= 0 and self.best.latest_checkpoint and self.t.epochs > 1:
             tf.train.Checkpoint(model=self.model).restore(self.best.latest_checkpoint).expect_partial()
         self._finish(p, start, stopped_early, resumed_at)
-        return self.paths.root
+        return fs.native(self.paths.root)
 
     def _steps_hint(self, p: Progress, take: int | None) -> int | None:
         if not self.exact_rows:
@@ -252,28 +258,29 @@ class TrainingJob:
             return False
         # exact per-tower AUC/logloss (not Keras' binned streaming AUC); every worker scores the whole slice
         # with the same synchronous weights, so all of them take the same early-stopping decision
-        labels, logits = self._guard(self.train_files, lambda: split_scoring.score_dataset(
+        labels, logits, weights = self._guard(self.train_files, lambda: split_scoring.score_dataset_weighted(
             self.model, self._scoring_ds("train", "validation")))
-        res = {f"{t}_{k}": v for t, m in split_scoring.tower_metrics(labels, logits).items() for k, v in m.items()
-               if k in ("auc", "logloss")}
+        # a figure the slice cannot define (one class only) is None and is left out: it never counts as a best
+        res = {f"{t}_{k}": v for t, m in split_scoring.tower_metrics(labels, logits, weights).items()
+               for k, v in m.items() if k in ("auc", "logloss") and v is not None}
         write_scalars(self.writers["validation"], p.global_step, res)
         log.info("epoch %d validation: %s", p.epoch, {k: round(float(v), 5) for k, v in res.items()})
-        auc = float(res.get(selection_key(self.t.mode), float("nan")))
-        if auc > p.best_auc + 1e-6:
+        auc = res.get(selection_key(self.t.mode))
+        if auc is not None and auc > p.best_auc + 1e-6:
             p.best_auc, p.best_epoch, p.bad_epochs = auc, p.epoch, 0
             self.best.save(checkpoint_number=p.global_step)
         else:
             p.bad_epochs += 1
         if self.t.per_tower_early_stopping and self.t.mode == "rocket":
-            self._booster_early_stopping(p, float(res.get("booster_auc", float("nan"))))
+            self._booster_early_stopping(p, res.get("booster_auc"))
         patience = self.t.early_stopping_patience
         return patience > 0 and p.bad_epochs >= patience
 
-    def _booster_early_stopping(self, p: Progress, auc: float) -> None:
+    def _booster_early_stopping(self, p: Progress, auc: float | None) -> None:
         """Per-tower early stopping: once the booster's own validation AUC has not improved for `patience`
         epochs its optimizer's learning rate goes to 0 (frozen; the rate is optimizer state, so the freeze is
         checkpointed and survives --resume) while the light net keeps learning from its hint."""
-        if auc > p.booster_best_auc + 1e-6:
+        if auc is not None and auc > p.booster_best_auc + 1e-6:
             p.booster_best_auc, p.booster_bad_epochs = auc, 0
             return
         p.booster_bad_epochs += 1
@@ -286,7 +293,7 @@ class TrainingJob:
     def _finish(self, p: Progress, start: float, stopped_early: bool, resumed_at: int | None) -> None:
         fits = self._calibrate()  # before the final checkpoint: load_run, and so every export, restores it
         final = tf.train.CheckpointManager(tf.train.Checkpoint(model=self.model),
-                                           str(self.role.write_dir(self.paths.root, "checkpoints/final")),
+                                           self.role.write_dir(self.paths.root, "checkpoints/final"),
                                            max_to_keep=1)
         final.save(checkpoint_number=p.global_step)  # on every worker (saves may be collective)
         if not self.role.is_chief:
@@ -294,9 +301,9 @@ class TrainingJob:
         eval_files = self._usable_shards("eval")
         labels, logits, weights = self._guard(eval_files, lambda: split_scoring.score_dataset_weighted(
             self.model, self._scoring_ds("eval", "all")))
-        towers = split_scoring.tower_metrics(labels, logits)
+        towers = split_scoring.tower_metrics(labels, logits, weights)
         write_scalars(self.writers["eval"], p.global_step,
-                      {f"{t}_{k}": v for t, m in towers.items() for k, v in m.items() if k != "rows"})
+                      {f"{t}_{k}": v for t, m in towers.items() for k, v in m.items() if k != "rows" and v is not None})
         exported = self._export()
         # steps x batch over-counts each epoch's last partial batch; a pass cannot exceed the split's rows
         rows = self.cache.train.rows if self.cache else \

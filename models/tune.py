@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,19 +34,22 @@ from typing import Any, Callable
 
 import yaml
 
+from common import fs
+from common.progress import ProgressMeter, format_duration
+from common.typed_yaml import deep_merge
 from feature_specs import artifacts
-from models.config import ConfigError, RunConfig, _merge, config_from_dict, config_to_dict, load_config
+from models.config import ConfigError, RunConfig, config_from_dict, config_to_dict, load_config
 from models.train import train
 
 log = logging.getLogger("rocketctr.tune")
 
-TUNE_MODES = ("light", "booster", "both", "rocket", "all")
 SECTIONS = ("common", "light", "booster", "rocket")
 # search -> the space sections it varies; in both/all each search starts from the previous searches' choice
 SEARCHES = {"light": [("light", ("common", "light"))], "booster": [("booster", ("common", "booster"))],
             "both": [("light", ("common", "light")), ("booster", ("booster",))],
             "rocket": [("rocket", ("rocket",))],
             "all": [("light", ("common", "light")), ("booster", ("booster",)), ("rocket", ("rocket",))]}
+TUNE_MODES = tuple(SEARCHES)  # the --mode values (rocketctr/commands/tune.py keeps a TF-free copy)
 
 
 def _adam(lr: float) -> dict:
@@ -94,7 +96,7 @@ class TuneResult:
 
 
 def _nested(key: str, value: Any) -> dict:
-    """`train.batch_size`, 512 -> {"train": {"batch_size": 512}} (then merged with models.config._merge)."""
+    """`train.batch_size`, 512 -> {"train": {"batch_size": 512}} (then merged with common.typed_yaml.deep_merge)."""
     out: Any = copy.deepcopy(value)
     for part in reversed(key.split(".")):
         out = {part: out}
@@ -147,8 +149,8 @@ def base_config(config: str | os.PathLike, overrides: dict | None = None) -> Run
 def _trial_config(base: dict, mode: str, index: int, params: dict[str, Any], where: str) -> RunConfig:
     raw = base
     for key, value in params.items():
-        raw = _merge(raw, _nested(key, value))
-    raw = _merge(raw, {"name": f"tune_{mode}_trial{index}", "train": {"mode": mode}})
+        raw = deep_merge(raw, _nested(key, value))
+    raw = deep_merge(raw, {"name": f"tune_{mode}_trial{index}", "train": {"mode": mode}})
     cfg = config_from_dict(raw, where)
     if cfg.train.validation_fraction <= 0:
         raise ConfigError(f"{where}: train.validation_fraction must be > 0 (the trial is scored on it)")
@@ -170,7 +172,7 @@ def trial_list(base: RunConfig, mode: str, space: dict[str, dict[str, list]], se
     for key, values in keys:  # every candidate checked now: a typo fails before any trial trains
         for value in values:
             try:
-                config_from_dict(_merge(raw, _nested(key, value)))
+                config_from_dict(deep_merge(raw, _nested(key, value)))
             except ConfigError as e:
                 raise ConfigError(f"search space {key} = {value!r}: {e}") from None
     trials = [Trial(0, {}, _trial_config(raw, mode, 0, {}, f"tune {mode} trial 0 (base)"))]
@@ -198,54 +200,55 @@ def trial_list(base: RunConfig, mode: str, space: dict[str, dict[str, list]], se
     return trials
 
 
-def _read_rows(path: Path) -> dict[int, dict]:
+def _read_rows(path: str) -> dict[int, dict]:
     """trial index -> its last recorded row (a retrained trial appends a newer row)."""
     rows: dict[int, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
+    if fs.isfile(path):
+        for line in fs.read_text(path).splitlines():
             if line.strip():
                 row = json.loads(line)
                 rows[row["trial"]] = row
     return rows
 
 
-def _row(trial: Trial, mode: str, run: Path, data_dir: str) -> dict:
-    m = json.loads((run / "metrics.json").read_text())
+def _row(trial: Trial, mode: str, run: str, data_dir: str) -> dict:
+    m = fs.read_json(fs.join(run, "metrics.json"))
     v = m.get("validation") or {}
     # the searched tower's validation logloss at the exported (best-epoch) weights, before its Platt layer
     tower = "booster" if mode == "booster" else "light"  # what the trial is scored on (rocket: the light net)
     fitted = (((m.get("calibration") or {}).get(tower) or {}).get("validation") or {})
     logloss = fitted.get("logloss_before")
     return {"trial": trial.index, "mode": mode, "params": trial.params, "config": config_to_dict(trial.config),
-            "data_dir": data_dir, "run_dir": str(run), "metric": v.get("metric"),
+            "data_dir": data_dir, "run_dir": run, "metric": v.get("metric"),
             "validation_auc": v.get("best"), "validation_logloss": logloss, "best_epoch": v.get("best_epoch"),
             "epochs_completed": m.get("epochs_completed"), "stopped_early": m.get("stopped_early"),
             "train_seconds": m.get("train_seconds"), "wall_seconds": m.get("wall_seconds"),
             "examples_per_sec": m.get("examples_per_sec")}
 
 
-def finished_row(search_dir: Path, trial: Trial, data_dir: str, rows: dict[int, dict]) -> dict | None:
+def finished_row(search_dir: str, trial: Trial, data_dir: str, rows: dict[int, dict]) -> dict | None:
     """The recorded result of `trial` if one exists for exactly this config and data; else None (train it).
     A run that finished but whose row was never appended (killed in between) is recovered from its folder."""
     want = config_to_dict(trial.config)
     row = rows.get(trial.index)
-    run = search_dir / f"trial_{trial.index}"
+    run = fs.join(search_dir, f"trial_{trial.index}")
+    metrics, config = fs.join(run, "metrics.json"), fs.join(run, "config.json")
     if row is not None and row.get("config") == want and row.get("data_dir") == data_dir:
         # re-read from the run folder when it is there: the row then carries every figure this version reports
-        return _row(trial, trial.config.train.mode, run, data_dir) if (run / "metrics.json").is_file() else row
-    if (run / "metrics.json").is_file() and (run / "config.json").is_file():
-        saved = json.loads((run / "config.json").read_text())
+        return _row(trial, trial.config.train.mode, run, data_dir) if fs.isfile(metrics) else row
+    if fs.isfile(metrics) and fs.isfile(config):
+        saved = fs.read_json(config)
         if saved.get("config") == want and saved.get("data_dir") == data_dir:
             row = _row(trial, trial.config.train.mode, run, data_dir)
-            _append(search_dir / "trials.jsonl", row)
+            _append(fs.join(search_dir, "trials.jsonl"), row)
             return row
     return None
 
 
-def _append(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
+def _append(path: str, row: dict) -> None:
+    """One more JSONL row: the file is rewritten whole (object stores cannot append), atomically where possible."""
+    old = fs.read_text(path) if fs.isfile(path) else ""
+    fs.write_text(path, old + json.dumps(row, sort_keys=True) + "\n")
 
 
 def _keys(mode: str, search: str, space: dict[str, dict[str, list]]) -> list[str]:
@@ -267,41 +270,35 @@ def _fmt(v: Any, none: str = "-") -> str:
     return none if v is None else str(v)
 
 
-def _dur(seconds: float) -> str:
-    s = int(round(seconds))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 def _short(params: dict) -> str:
     return " ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in params.items()) or "base"
 
 
-def _run_search(search: str, plan: list[Trial], search_dir: Path, data: str, trials: int,
+def _run_search(search: str, plan: list[Trial], search_dir: str, data: str, trials: int,
                 echo: Callable[[str], None]) -> tuple[list[dict], int]:
     """Train (or reuse) every trial of one search in order; (rows, trials trained by this call)."""
-    rows_done = _read_rows(search_dir / "trials.jsonl")
+    rows_done = _read_rows(fs.join(search_dir, "trials.jsonl"))
     done = {t.index: finished_row(search_dir, t, data, rows_done) for t in plan}
-    todo, trained, spent, start = sum(r is None for r in done.values()), 0, 0.0, time.monotonic()
+    trained, meter = 0, ProgressMeter(search, total=len(plan), unit="trials")  # reused trials: done, untimed
     results: list[dict] = []
     for t in plan:
         row = done[t.index]
         if row is None:
-            run = search_dir / f"trial_{t.index}"
-            shutil.rmtree(run, ignore_errors=True)  # an unfinished or differently configured run: start afresh
+            run = fs.join(search_dir, f"trial_{t.index}")
+            fs.rmtree(run)  # an unfinished or differently configured run: start afresh
             t0 = time.monotonic()
             train(t.config, data, run, verbose=0)
-            spent, trained = spent + time.monotonic() - t0, trained + 1
+            trained += 1
             row = _row(t, search, run, data)
-            _append(search_dir / "trials.jsonl", row)
-            how = _dur(time.monotonic() - t0)
+            _append(fs.join(search_dir, "trials.jsonl"), row)
+            how = format_duration(time.monotonic() - t0)
         else:
             how = "reused"
+        meter.advance(timed=how != "reused")
         results.append(row)
         best = min(results, key=_rank_key)
-        eta = spent / trained * (todo - trained) if trained else 0.0
         echo(f"[{search} {t.index + 1}/{trials}] {_short(t.params)}: validation AUC {_fmt(row['validation_auc'])} "
-             f"(best {_fmt(best['validation_auc'])}, trial {best['trial']}), {how}; elapsed "
-             f"{_dur(time.monotonic() - start)}, ETA {_dur(eta)}")
+             f"(best {_fmt(best['validation_auc'])}, trial {best['trial']}), {how}; {meter.timing()}")
     return results, trained
 
 
@@ -314,7 +311,7 @@ def tune(config: str | os.PathLike, data_dir: str | os.PathLike, mode: str, tria
     if mode not in TUNE_MODES:
         raise ConfigError(f"--mode: {mode!r} is not one of {', '.join(TUNE_MODES)}")
     base = base_config(config, overrides)
-    data = str(Path(data_dir).resolve())
+    data = fs.absolute(data_dir)
     artifacts.read_stats(data)  # a clear error now rather than after the first trial
     spc = load_space(space)
     for search, sections in SEARCHES[mode]:  # every trial list is checked before anything trains
@@ -326,13 +323,13 @@ def tune(config: str | os.PathLike, data_dir: str | os.PathLike, mode: str, tria
     for search, sections in SEARCHES[mode]:
         # in --mode both the booster search starts from what the light search chose for the shared settings
         # (embedding optimizer and width, batch, epochs): the booster knobs are tuned where they will be used
-        search_base = config_from_dict(_merge(config_to_dict(base), chosen)) if chosen else base
+        search_base = config_from_dict(deep_merge(config_to_dict(base), chosen)) if chosen else base
         plan = trial_list(search_base, search, spc, sections, seed, trials)
-        results[search], n = _run_search(search, plan, Path(workdir) / search, data, trials, echo)
+        results[search], n = _run_search(search, plan, fs.join(workdir, search), data, trials, echo)
         trained += n
         best[search] = min(results[search], key=_rank_key)
         for key in _keys(mode, search, spc):  # each search decides only the keys of its own sections
-            chosen = _merge(chosen, _nested(key, _value_at(best[search]["config"], key)))
+            chosen = deep_merge(chosen, _nested(key, _value_at(best[search]["config"], key)))
     result = TuneResult(mode, results, best, chosen, trained)
     if write_config is not None:
         if any(b.get("validation_auc") is None for b in best.values()):
@@ -342,8 +339,7 @@ def tune(config: str | os.PathLike, data_dir: str | os.PathLike, mode: str, tria
                                             header_lines(command, best, trials))
     result.markdown = markdown(result, base, spc, config, data, overrides or {}, seed, trials, command)
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(result.markdown)
+        fs.write_text(out, result.markdown)
     return result
 
 
@@ -382,7 +378,7 @@ def write_tuned_config(src: str | os.PathLike, overrides: dict, chosen: dict, de
                        header: list[str]) -> Path:
     """The input YAML ({base, experiments}) with base <- overrides <- chosen values; checked before writing."""
     doc = yaml.safe_load(Path(src).read_text()) or {}
-    new_base = _merge(_merge(doc.get("base") or {}, overrides), chosen)
+    new_base = deep_merge(deep_merge(doc.get("base") or {}, overrides), chosen)
     config_from_dict(new_base, f"{dest}: base")
     out = {"base": new_base, **({"experiments": doc["experiments"]} if "experiments" in doc else {})}
     text = "".join(f"# {line}\n" for line in header)

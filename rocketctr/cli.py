@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-import feature_specs  # noqa: F401  (sets the Keras flavour before anything loads TensorFlow)
+import feature_specs
+from common.progress import INTERVAL_ENV
+from feature_specs import runtime
+
+GLOBAL_VALUE_FLAGS = ("--progress-seconds",)  # global flags that take a value (skipped to find the command)
 
 # name -> (one-line help, module under rocketctr.commands or None when not built yet)
 COMMANDS: dict[str, tuple[str, str | None]] = {
@@ -35,26 +40,73 @@ def build_parser() -> argparse.ArgumentParser:
                                      "CTR pipeline: Beam preprocessing, co-trained light/booster towers, "
                                      "light-net serving over gRPC.")
     parser.add_argument("--version", action="version", version=f"rocketctr {feature_specs.runtime.code_version()}")
+    _add_global_flags(parser)
+    after = argparse.ArgumentParser(add_help=False)  # the same flags after the command: `rocketctr train ... --verbose`
+    _add_global_flags(after, suppress=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, module) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text if module else f"{help_text} (not built yet)",
-                           description=help_text)
+                           description=help_text, parents=[after])
         if module is not None and _wants_module(name):
             importlib.import_module(f"rocketctr.commands.{module}").add_arguments(p)
     return parser
 
 
+def _add_global_flags(p: argparse.ArgumentParser, suppress: bool = False) -> None:
+    """--verbose and --progress-seconds; after the command they default to SUPPRESS so they never overwrite
+    the value given before it."""
+    p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                   help="show TensorFlow's C++ start-up lines and Beam's optional-client notices (hidden by default)")
+    p.add_argument("--progress-seconds", type=_positive_seconds, metavar="S",
+                   default=argparse.SUPPRESS if suppress else None,
+                   help="seconds between progress lines of long jobs (default 10; also $ROCKETCTR_PROGRESS_SECONDS)")
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand: the first word that is neither a flag nor a global flag's value."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in GLOBAL_VALUE_FLAGS:
+            skip = True
+        elif not token.startswith("-"):
+            return token
+    return None
+
+
 def _wants_module(name: str) -> bool:
     """Only the chosen subcommand's module is imported (keeps --help off the TensorFlow import)."""
-    argv = sys.argv[1:]
-    return bool(argv) and argv[0] == name
+    return _command_in(sys.argv[1:]) == name
+
+
+def _early_verbose(argv: list[str]) -> bool:
+    """--verbose must act before the command's module is imported (which may load TensorFlow)."""
+    own = argv[:argv.index("--")] if "--" in argv else argv
+    return "--verbose" in own
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    if _early_verbose(sys.argv[1:]):
+        runtime.set_verbose(True)
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:])
+    if args.verbose:
+        runtime.set_verbose(True)
+    if args.progress_seconds is not None:  # through the environment: Beam worker processes read it too
+        os.environ[INTERVAL_ENV] = repr(args.progress_seconds)
     if args.command is None:
         parser.print_help()
         return 2

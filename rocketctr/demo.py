@@ -14,8 +14,6 @@ import json
 import logging
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,8 +23,9 @@ import numpy as np
 
 import feature_specs
 from feature_specs import artifacts
+from rocketctr.shipped_configs import config_path
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
+CONFIG = config_path("synthetic")
 MODEL_NAME = "rocketctr"
 
 
@@ -69,13 +68,15 @@ class Stages:
 
 @contextlib.contextmanager
 def redirect_stderr_fd(path: Path):
-    """Point fd 2 (inherited by Beam's worker processes) at `path` for the duration; always restored."""
+    """Point fd 2 (inherited by Beam's worker processes) and Python's sys.stderr (the jobs' progress lines and
+    counter tables) at `path` for the duration; always restored."""
     sys.stderr.flush()
     saved = os.dup(2)
     with open(path, "ab") as f:
         os.dup2(f.fileno(), 2)
     try:
-        yield
+        with open(path, "a", buffering=1) as text, contextlib.redirect_stderr(text):
+            yield
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
@@ -89,6 +90,7 @@ def run_demo(out_dir: str | Path, rows: int = 1_000_000, seed: int = 0, workers:
     from models.config import load_config
     from models.train import train
     from pipeline.evaluate.eval_job import evaluate
+    from pipeline.beam_options import local_runner_args
     from pipeline.preprocess.preprocess_job import preprocess
     from pipeline.simulator.click_logs import simulate
     from serving.export import export_run
@@ -101,11 +103,10 @@ def run_demo(out_dir: str | Path, rows: int = 1_000_000, seed: int = 0, workers:
     result = DemoResult(out)
     st = Stages(8, result, echo)
     spec = feature_specs.load_spec("synthetic")
-    beam_args = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing",
-                 f"--direct_num_workers={workers}", "--default_sdk_harness_log_level=ERROR"]
+    beam_args = [*local_runner_args(workers), "--default_sdk_harness_log_level=ERROR"]
     with st.stage(f"simulate {rows:,} impressions"):
         sim = simulate(rows, out / "raw", seed=seed)
-        echo(f"    base CTR {sim.base_ctr:.2%}, ground-truth AUC {sim.truth_auc:.4f}")
+        echo(f"    base CTR {sim.base_ctr:.2%}, ground-truth AUC {_f(sim.truth_auc)}")
     with st.stage("Beam preprocess (validate, split, analyze, encode TFRecords)"):
         data = preprocess(spec, [str(f) for f in sim.click_files], str(out / "data"), beam_args=beam_args)
         m = artifacts.read_manifest(data)
@@ -155,43 +156,13 @@ def run_demo(out_dir: str | Path, rows: int = 1_000_000, seed: int = 0, workers:
 
 @contextlib.contextmanager
 def server_process(model_base: Path, log_path: Path, timeout: float = 120.0):
-    """Run `rocketctr serve` in its own process (as in production: no GIL shared with the client) on a
-    free loopback port; yield its target; always stop it (success, failure, Ctrl-C)."""
-    from serving.client import PredictClient
+    """Run `rocketctr serve` in its own process (as in production: no GIL shared with the client) on free
+    loopback ports; yield its gRPC target; always stop it (success, failure, Ctrl-C)."""
+    from serving.server_process import ServerProcess
 
-    port = _free_port()
-    cmd = [sys.executable, "-m", "rocketctr.cli", "serve", "--model-base", str(model_base), "--model-name",
-           MODEL_NAME, "--host", "127.0.0.1", "--port", str(port), "--poll-seconds", "30"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    target = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the gRPC server exited with code {proc.returncode}; see {log_path}")
-            try:
-                if any(v["state"] == "AVAILABLE" for v in PredictClient(target, MODEL_NAME, timeout=2).status()):
-                    break
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the gRPC server did not become ready in {timeout:.0f} s; see {log_path}")
-            time.sleep(0.3)
-        yield target
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    with ServerProcess(model_base, MODEL_NAME, args=["--poll-seconds", "30"], log_path=log_path,
+                       timeout=timeout) as server:
+        yield server.target
 
 
 def quiet_logs() -> None:
@@ -245,7 +216,7 @@ def pick_light_net(runs: dict[str, Path], names: tuple[str, ...]) -> tuple[str, 
 def _short_metrics(run_dir: Path) -> str:
     m = json.loads((Path(run_dir) / "metrics.json").read_text())
     towers = m.get("eval", m.get("towers", {}))
-    parts = [f"{t} AUC {v.get('auc', float('nan')):.4f}" for t, v in towers.items() if isinstance(v, dict)]
+    parts = [f"{t} AUC {_f(v.get('auc'))}" for t, v in towers.items() if isinstance(v, dict)]
     return ", ".join(parts) + f" ({m.get('examples_per_sec', 0):,.0f} ex/s)"
 
 
@@ -296,7 +267,7 @@ def write_report(result: DemoResult, sim, data: Path, runs: dict, version_dir: P
     rel = lambda p: Path(p).resolve().relative_to(out.resolve()).as_posix()  # noqa: E731
     lines = ["# rocketctr demo", "",
              f"Simulated {sim.rows:,} impressions (base CTR {sim.base_ctr:.2%}, ground-truth AUC "
-             f"{sim.truth_auc:.4f}, additive-only AUC {sim.additive_auc:.4f}).", "",
+             f"{_f(sim.truth_auc)}, additive-only AUC {_f(sim.additive_auc)}).", "",
              f"Exported and served: the light net of run `{result.exported}` (best light-net AUC on the validation "
              f"slice of the train split).", "",
              "## Offline evaluation (eval split)", "", results_table(result.eval_metrics), "",

@@ -1,3 +1,3 @@
 """serving package."""
 
-import feature_specs  # noqa: F401  (root of the import graph: sets the Keras flavour first)
+import feature_specs.runtime  # noqa: F401  (this package's entry: the Keras flavour before any TensorFlow import)

@@ -1,7 +1,7 @@
-"""PredictClient: raw feature rows -> a TF Serving PredictRequest -> numpy scores.
+"""PredictClient: raw feature rows -> a TF Serving PredictRequest -> numpy scores, over gRPC or REST.
 
-Uses only the stock tensorflow-serving-api stubs, so it talks to our server and to the real
-tensorflow/serving binary alike. Requests are built from the feature spec when given (dtypes and shapes
+Uses only the stock tensorflow-serving-api stubs (gRPC) or TF Serving's REST JSON (serving/rest_client.py), so
+it talks to our server and to the real tensorflow/serving binary alike. Requests are built from the feature spec when given (dtypes and shapes
 from feature_specs.derive.serving_input_specs, missing numerics -> the spec default as in the records,
 sequences truncated to max_length and padded with ""), else from the server's own SignatureDefs
 (GetModelMetadata), so a client needs nothing but the target and the model name.
@@ -20,9 +20,12 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from feature_specs import derive
+from feature_specs import derive, packed
 from feature_specs.schema import FeatureSpec
+from serving.rest_client import RestTransport
 from serving.tensors import fill_proto, to_numpy
+
+PROTOCOLS = ("grpc", "rest")
 
 
 @dataclass(frozen=True)
@@ -39,25 +42,37 @@ class _Col:
 
 
 class PredictClient:
-    """A PredictionService / ModelService client for one model. `tls`: False, True (system roots) or a CA file."""
+    """A PredictionService / ModelService client for one model. `tls`: False, True (system roots) or a CA file.
+    `protocol`: "grpc" (target = the gRPC port) or "rest" (target = the REST port); same results, same errors
+    (REST failures raise serving.rest_client.RestError, which has grpc.RpcError's code() and details())."""
 
     def __init__(self, target: str, model_name: str, spec: FeatureSpec | None = None,
                  tls: bool | str | Path = False, timeout: float = 10.0, max_message_mb: float = 64.0,
-                 version: int | None = None):
-        opts = [("grpc.max_receive_message_length", int(max_message_mb * 2**20)),
-                ("grpc.max_send_message_length", int(max_message_mb * 2**20))]
-        if tls:
-            root = None if tls is True else Path(tls).read_bytes()
-            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root), options=opts)
+                 version: int | None = None, protocol: str = "grpc"):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        self.protocol = protocol
+        self.channel = self.rest = None
+        if protocol == "rest":
+            self.rest = RestTransport(target, model_name, version, timeout, tls)
         else:
-            self.channel = grpc.insecure_channel(target, options=opts)
-        self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
-        self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
+            opts = [("grpc.max_receive_message_length", int(max_message_mb * 2**20)),
+                    ("grpc.max_send_message_length", int(max_message_mb * 2**20))]
+            if tls:
+                root = None if tls is True else Path(tls).read_bytes()
+                self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root), options=opts)
+            else:
+                self.channel = grpc.insecure_channel(target, options=opts)
+            self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+            self.model_stub = model_service_pb2_grpc.ModelServiceStub(self.channel)
         self.model_name, self.spec, self.timeout, self.version = model_name, spec, timeout, version
         self._layouts: dict[str, dict[str, _Col]] = {}
 
     def close(self) -> None:
-        self.channel.close()
+        if self.rest is not None:
+            self.rest.close()
+        else:
+            self.channel.close()
 
     def __enter__(self) -> "PredictClient":
         return self
@@ -67,8 +82,11 @@ class PredictClient:
 
     # ---- scoring -----------------------------------------------------------------------------------
     def predict(self, inputs: Mapping[str, np.ndarray], signature: str = "serving_default",
-                output: str = "ctr") -> np.ndarray:
-        """Send ready tensors (numpy) to a signature; return one output."""
+                output: str = "ctr", binary: tuple[str, ...] = ()) -> np.ndarray:
+        """Send ready tensors (numpy) to a signature; return one output. `binary`: string inputs REST must send
+        base64-encoded (gRPC sends bytes as they are)."""
+        if self.rest is not None:
+            return self.rest.predict(inputs, signature, output, binary)
         req = predict_pb2.PredictRequest()
         req.model_spec.name = self.model_name
         req.model_spec.signature_name = signature
@@ -82,7 +100,8 @@ class PredictClient:
 
     def predict_examples(self, examples: Sequence[bytes], output: str = "ctr") -> np.ndarray:
         """Serialized tf.train.Examples (the eval records' layout) through serving_default."""
-        return self.predict({"examples": np.asarray(list(examples), dtype=object)}, "serving_default", output)
+        return self.predict({"examples": np.asarray(list(examples), dtype=object)}, "serving_default", output,
+                            binary=("examples",))
 
     def predict_raw(self, features, output: str = "ctr") -> np.ndarray:
         """Rows of raw features (dict of columns or a DataFrame) through predict_raw."""
@@ -98,9 +117,30 @@ class PredictClient:
             inputs[k] = _build(c, [_need(user, k)]) if c.batch1 else _build(c, _need(cols, k))
         return self.predict(inputs, "score_candidates", output)
 
+    def score_packed(self, user: Mapping, items, output: str = "ctr",
+                     layout: tuple[packed.PackedInput, ...] | None = None) -> np.ndarray:
+        """score_candidates' arguments and scores through score_packed (one tensor per side and dtype: the lean
+        path). The layout comes from `layout` (e.g. packed.layout_from_dict(rocketctr.json["packed"])) or the
+        spec; the columns are built exactly as for score_candidates, then packed."""
+        if layout is None:
+            if self.spec is None:
+                raise ValueError("score_packed needs the packed layout: pass spec= to the client, or layout= "
+                                 "(feature_specs.packed.layout_from_dict of the export's rocketctr.json 'packed')")
+            layout = packed.packed_layout(self.spec)
+        cols, cells = _columns(items), self.layout("score_candidates")
+        names = [(p.group, c.feature) for p in layout for c in p.columns]
+        unknown = [f for _, f in names if f not in cells]
+        if unknown:
+            raise ValueError(f"the packed layout names feature(s) {unknown} that score_candidates does not take")
+        user_x = {f: _build(cells[f], [_need(user, f)]) for g, f in names if g == "user"}
+        item_x = {f: _build(cells[f], _need(cols, f)) for g, f in names if g == "item"}
+        return self.predict(packed.pack(layout, user_x, item_x), packed.SIGNATURE, output)
+
     # ---- model service ------------------------------------------------------------------------------
     def metadata(self) -> dict:
         """signature name -> SignatureDef (the server's GetModelMetadata, unpacked)."""
+        if self.rest is not None:
+            return self.rest.metadata()
         req = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         req.model_spec.name = self.model_name
         if self.version is not None:
@@ -112,9 +152,12 @@ class PredictClient:
 
     def status(self) -> list[dict]:
         """[{version, state, error_code, error_message}] newest first (ModelService.GetModelStatus)."""
-        req = get_model_status_pb2.GetModelStatusRequest()
-        req.model_spec.name = self.model_name
-        resp = self.model_stub.GetModelStatus(req, timeout=self.timeout)
+        if self.rest is not None:
+            resp = self.rest.status()
+        else:
+            req = get_model_status_pb2.GetModelStatusRequest()
+            req.model_spec.name = self.model_name
+            resp = self.model_stub.GetModelStatus(req, timeout=self.timeout)
         names = get_model_status_pb2.ModelVersionStatus.State.Name
         return [{"version": s.version, "state": names(s.state), "error_code": s.status.error_code,
                  "error_message": s.status.error_message} for s in resp.model_version_status]

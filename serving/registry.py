@@ -1,24 +1,28 @@
 """Version management for one model base: poll, load in the background, warm up, swap atomically.
 
 Mirrors TF Serving's file-system source with the `latest N` policy: version folders are integer names under
-the model base (anything else, like the export's .tmp-<uuid>, is ignored); the newest N that load are
-served. A new version is loaded and warmed up on the poll thread while the current one keeps serving;
-the swap is a single reference assignment, so a request sees either the old or the new set, never a mix.
-A version that fails to load is reported (END + error in GetModelStatus, a JSON log line, a counter) and
-does not displace the version already serving; it is retried a few polls later (a copy may be in flight).
+the model base (anything else, like the export's .tmp-<uuid>, is ignored) that are published, i.e. hold
+saved_model.pb and the completion marker (common.versions: on an object store a version is copied file by
+file, so a folder without the marker may still be in flight); the newest N that load are served. The base may
+be local or any URL TensorFlow reads (gs://, hdfs://, ram://). A new version is loaded and warmed up on the
+poll thread while the current one keeps serving; the swap is a single reference assignment, so a request sees
+either the old or the new set, never a mix. A version that fails to load is reported (END + error in
+GetModelStatus, a JSON log line, a counter) and does not displace the version already serving; it is retried a few
+polls later (a copy may be in flight).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import tensorflow as tf
 
+from common import fs, versions
 from serving.monitoring import Metrics
 from serving.signatures import RequestError, Servable, decode_inputs, load_servable
 from serving.warmup import read_warmup
@@ -35,15 +39,6 @@ class VersionState:
     error_message: str = ""
 
 
-def scan_versions(model_base: str | Path) -> dict[int, Path]:
-    """Integer-named subfolders holding a saved_model.pb (what TF Serving would consider a version)."""
-    base = Path(model_base)
-    if not base.is_dir():
-        return {}
-    return {int(p.name): p for p in base.iterdir()
-            if p.name.isdigit() and p.is_dir() and (p / "saved_model.pb").exists()}
-
-
 def warm_up(servable: Servable) -> int:
     """Replay the version's warmup requests; any failure fails the load (as in TF Serving)."""
     requests, _skipped = read_warmup(servable.path)
@@ -55,12 +50,12 @@ def warm_up(servable: Servable) -> int:
 class ModelRegistry:
     """The versions of `model_name` under `model_base` and their states."""
 
-    def __init__(self, model_base: str | Path, model_name: str, poll_seconds: float = 1.0,
+    def __init__(self, model_base: str | os.PathLike, model_name: str, poll_seconds: float = 1.0,
                  num_versions: int = 1, load_retries: int = 3, metrics: Metrics | None = None,
                  log: logging.Logger | None = None):
         if num_versions < 1:
             raise ValueError(f"num_versions must be >= 1, got {num_versions}")
-        self.model_base = Path(model_base)
+        self.model_base = fs.as_str(model_base)
         self.model_name = model_name
         self.poll_seconds = poll_seconds
         self.num_versions = num_versions
@@ -70,6 +65,7 @@ class ModelRegistry:
         self._available: dict[int, Servable] = {}  # replaced, never mutated: readers need no lock
         self._states: dict[int, VersionState] = {}
         self._failures: dict[int, int] = {}
+        self._unpublished: set[int] = set()  # integer folders without the marker, reported once each
         self._poll_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,7 +92,7 @@ class ModelRegistry:
     # ---- polling ----------------------------------------------------------------------------------
     def poll_once(self) -> None:
         with self._poll_lock:
-            on_disk = scan_versions(self.model_base)
+            on_disk = self._published()
             keep: dict[int, Servable] = {}
             for v in sorted(on_disk, reverse=True):
                 if len(keep) == self.num_versions:
@@ -115,7 +111,22 @@ class ModelRegistry:
                     self._states[v] = VersionState(v, END)
                     self.log.info("version unloaded", extra={"fields": {"model": self.model_name, "version": v}})
 
-    def _load(self, version: int, path: Path) -> Servable | None:
+    def _published(self) -> dict[int, str]:
+        """Published versions; a folder missing saved_model.pb or the marker is skipped (never loaded, never a
+        failure: a copy may be in flight) and logged once."""
+        out, folders = {}, versions.version_folders(self.model_base)
+        for v, path in folders.items():
+            missing = versions.missing_parts(path)
+            if not missing:
+                out[v] = path
+            elif v not in self._unpublished:
+                self._unpublished.add(v)
+                self.log.info("version folder not published yet; not loading it", extra={"fields": {
+                    "model": self.model_name, "version": v, "path": path, "missing": missing}})
+        self._unpublished &= set(folders) - set(out)  # a folder that comes back unfinished is reported again
+        return out
+
+    def _load(self, version: int, path: str) -> Servable | None:
         self._states[version] = VersionState(version, LOADING)
         t0 = time.perf_counter()
         try:

@@ -1,4 +1,5 @@
-"""Score a file of raw feature rows through a PredictionService (the library behind `rocketctr score`)."""
+"""Score a file of raw feature rows through a PredictionService, over gRPC or REST (the library behind
+`rocketctr score`)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,11 @@ def read_rows(path: str | Path) -> pd.DataFrame:
 
 def score_rows(rows: pd.DataFrame, target: str, model_name: str, spec: FeatureSpec | None = None,
                signature: str = "predict_raw", version: int | None = None, tls=False,
-               timeout: float = 10.0) -> tuple[np.ndarray, list[str]]:
-    """(ctr per row, columns the model does not use). score_candidates takes row 0's user/context side."""
-    with PredictClient(target, model_name, spec=spec, tls=tls, timeout=timeout, version=version) as client:
+               timeout: float = 10.0, protocol: str = "grpc") -> tuple[np.ndarray, list[str]]:
+    """(ctr per row, columns the model does not use). score_candidates takes row 0's user/context side.
+    `protocol`: "grpc" or "rest" (`target` is then the REST port)."""
+    with PredictClient(target, model_name, spec=spec, tls=tls, timeout=timeout, version=version,
+                       protocol=protocol) as client:
         layout = client.layout(signature)
         ignored = [c for c in rows.columns if c not in layout]
         try:

@@ -1,4 +1,5 @@
-"""TF Serving's gRPC API (PredictionService + ModelService) over the light-net exports.
+"""TF Serving's gRPC API (PredictionService + ModelService), its REST API and the gRPC health service, over the
+light-net exports.
 
 The servicers are the stock ones generated in tensorflow-serving-api, so any TF Serving client works
 unchanged against this server and against the real tensorflow/serving binary. Predict decodes tensors
@@ -6,76 +7,42 @@ with serving.tensors (no make_ndarray), calls the version's concrete function di
 tensor_content. Every failure is a gRPC status, never a crash: NOT_FOUND for an unknown model/version,
 INVALID_ARGUMENT naming the offending input, RESOURCE_EXHAUSTED (from gRPC) above --max-message-mb.
 Classify / Regress / MultiInference are left UNIMPLEMENTED (the light net is a Predict model).
+The REST API (serving/rest.py) runs in the same process on its own port over the same registry, and
+grpc.health.v1.Health (serving/health.py) reports SERVING once a version has loaded and warmed up.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
+from serving.batching import Batcher
+from serving.batching_config import BatchingParameters
+from serving.handling import Resolver, model_metadata, model_status, observed
+from serving.health import NOT_SERVING, SERVING, HealthServicer, add_health_servicer
 from serving.monitoring import Metrics, MetricsServer, json_logger
 from serving.registry import ModelRegistry
-from serving.signatures import RequestError, Servable, decode_inputs, invalid
+from serving.rest import RestApi, RestServer
+from serving.signatures import decode_inputs
 from serving.tensors import fill_proto
 
 
-class _Resolver:
-    """model_spec -> Servable (version, version_label or latest)."""
-
-    def __init__(self, registry: ModelRegistry, version_labels: dict[str, int] | None):
-        self.registry = registry
-        self.labels = dict(version_labels or {})
-
-    def __call__(self, spec) -> Servable:
-        version = spec.version.value if spec.HasField("version") else None
-        if spec.version_label:
-            if version is not None:
-                raise invalid("model_spec sets both version and version_label; set one")
-            if spec.version_label not in self.labels:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"version_label {spec.version_label!r} is not "
-                                                              f"assigned (labels: {sorted(self.labels)})")
-            version = self.labels[spec.version_label]
-        return self.registry.get(spec.name, version)
-
-
-@contextlib.contextmanager
-def observed(metrics: Metrics, log: logging.Logger, context, method: str, model: str, signature: str = ""):
-    """One request's bookkeeping for every RPC: latency and status counters, RequestError -> its gRPC code,
-    any other exception -> INTERNAL (logged): a bug must never kill a worker thread or escape as UNKNOWN."""
-    t0, code = time.perf_counter(), "OK"
-    try:
-        yield
-    except RequestError as e:
-        code = e.code.name
-        log.warning("request refused", extra={"fields": {"method": method, "code": code, "signature": signature,
-                                                         "error": e.message}})
-        context.abort(e.code, e.message)
-    except Exception as e:  # noqa: BLE001
-        code = "INTERNAL"
-        log.exception("request failed", extra={"fields": {"method": method, "signature": signature}})
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-    finally:
-        metrics.observe(method, model, signature, code, time.perf_counter() - t0)
-
-
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, resolve: _Resolver, metrics: Metrics, log: logging.Logger):
+    def __init__(self, resolve: Resolver, metrics: Metrics, log: logging.Logger):
         self.resolve, self.metrics, self.log = resolve, metrics, log
 
     def Predict(self, request, context):  # noqa: N802 (gRPC naming)
         sig = request.model_spec.signature_name or "serving_default"
-        with observed(self.metrics, self.log, context, "Predict", request.model_spec.name, sig):
+        with observed(self.metrics, self.log, "Predict", request.model_spec.name, sig) as outcome:
             servable = self.resolve(request.model_spec)
-            outputs = servable.runner(sig).run(decode_inputs(request.inputs), request.output_filter)
+            outputs = self.resolve.predict(servable, sig, decode_inputs(request.inputs), request.output_filter)
             resp = predict_pb2.PredictResponse()
             resp.model_spec.name = request.model_spec.name
             resp.model_spec.version.value = servable.version
@@ -83,46 +50,27 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             for k, v in outputs.items():
                 fill_proto(resp.outputs[k], v)
             return resp
+        context.abort(outcome.code, outcome.message)
 
     def GetModelMetadata(self, request, context):  # noqa: N802
-        with observed(self.metrics, self.log, context, "GetModelMetadata", request.model_spec.name):
-            fields = list(request.metadata_field)
-            if not fields:
-                raise invalid("GetModelMetadataRequest must specify at least one metadata_field "
-                              "(supported: 'signature_def')")
-            unsupported = [f for f in fields if f != "signature_def"]
-            if unsupported:
-                raise invalid(f"metadata_field {unsupported} not supported (supported: 'signature_def')")
-            servable = self.resolve(request.model_spec)
-            resp = get_model_metadata_pb2.GetModelMetadataResponse()
-            resp.model_spec.name = request.model_spec.name
-            resp.model_spec.version.value = servable.version
-            sig_map = get_model_metadata_pb2.SignatureDefMap()
-            for k, v in servable.signature_defs.items():
-                sig_map.signature_def[k].CopyFrom(v)
-            resp.metadata["signature_def"].Pack(sig_map)
-            return resp
+        with observed(self.metrics, self.log, "GetModelMetadata", request.model_spec.name) as outcome:
+            return model_metadata(self.resolve, request.model_spec, list(request.metadata_field))
+        context.abort(outcome.code, outcome.message)
 
 
 class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, registry: ModelRegistry, metrics: Metrics, log: logging.Logger):
-        self.registry, self.metrics, self.log = registry, metrics, log
+    def __init__(self, registry: ModelRegistry, resolve: Resolver, metrics: Metrics, log: logging.Logger):
+        self.registry, self.resolve, self.metrics, self.log = registry, resolve, metrics, log
 
     def GetModelStatus(self, request, context):  # noqa: N802
-        with observed(self.metrics, self.log, context, "GetModelStatus", request.model_spec.name):
-            spec = request.model_spec
-            version = spec.version.value if spec.HasField("version") else None
-            resp = get_model_status_pb2.GetModelStatusResponse()
-            for st in self.registry.states(spec.name, version):
-                s = resp.model_version_status.add()
-                s.version, s.state = st.version, st.state
-                s.status.error_code, s.status.error_message = st.error_code, st.error_message
-            return resp
+        with observed(self.metrics, self.log, "GetModelStatus", request.model_spec.name) as outcome:
+            return model_status(self.registry, self.resolve, request.model_spec)
+        context.abort(outcome.code, outcome.message)
 
 
 @dataclass
 class ServerHandle:
-    """A running server: its bound ports, registry and metrics; stop() shuts everything down."""
+    """A running server: its bound ports, registry, metrics and health; stop() shuts everything down."""
 
     server: grpc.Server
     registry: ModelRegistry
@@ -131,6 +79,9 @@ class ServerHandle:
     port: int
     metrics_server: MetricsServer | None = None
     prediction: PredictionServicer | None = field(default=None, repr=False)
+    rest_server: RestServer | None = None
+    health: HealthServicer | None = field(default=None, repr=False)
+    batcher: Batcher | None = field(default=None, repr=False)
 
     @property
     def target(self) -> str:
@@ -140,11 +91,27 @@ class ServerHandle:
     def metrics_port(self) -> int | None:
         return self.metrics_server.port if self.metrics_server else None
 
+    @property
+    def rest_port(self) -> int | None:
+        return self.rest_server.port if self.rest_server else None
+
+    @property
+    def rest_target(self) -> str | None:
+        return f"{self.host}:{self.rest_port}" if self.rest_server else None
+
     def wait(self) -> None:
         self.server.wait_for_termination()
 
     def stop(self, grace: float = 1.0) -> None:
+        """Health goes NOT_SERVING first (load balancers drain), then REST, gRPC (in-flight requests finish,
+        batched ones too), the batch threads, polling and metrics stop."""
+        if self.health:
+            self.health.shutdown()
+        if self.rest_server:
+            self.rest_server.stop()
         self.server.stop(grace).wait()
+        if self.batcher:
+            self.batcher.stop()
         self.registry.stop()
         if self.metrics_server:
             self.metrics_server.stop()
@@ -154,6 +121,18 @@ class ServerHandle:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def health_status(registry: ModelRegistry) -> Callable[[str], int | None]:
+    """Service name -> SERVING once a version of the model is AVAILABLE (loaded and warmed up), else
+    NOT_SERVING; "" is the whole server, which serves exactly one model. Other names are unknown (None)."""
+    names = {"", registry.model_name, "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"}
+
+    def status(service: str) -> int | None:
+        if service not in names:
+            return None
+        return SERVING if registry.available_versions else NOT_SERVING
+    return status
 
 
 def configure_tf_threads(intra_op: int | None, inter_op: int | None, log: logging.Logger) -> None:
@@ -172,8 +151,11 @@ def serve(model_base: str | Path, model_name: str, host: str = "127.0.0.1", port
           tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
           metrics_port: int | None = None, version_labels: dict[str, int] | None = None,
           intra_op_threads: int | None = None, inter_op_threads: int | None = None,
+          rest_port: int | None = None, batching: BatchingParameters | None = None,
           log: logging.Logger | None = None) -> ServerHandle:
-    """Start serving `model_name` from `model_base` (port 0 = a free port; see handle.port). Non-blocking."""
+    """Start serving `model_name` from `model_base` (port 0 = a free port; see handle.port). Non-blocking.
+    `rest_port`: also serve TF Serving's REST API on host:rest_port (None = no REST, 0 = a free port).
+    `batching`: merge concurrent requests (serving.batching; None = off, as TF Serving's default)."""
     log = log or json_logger()
     configure_tf_threads(intra_op_threads, inter_op_threads, log)
     metrics = Metrics()
@@ -185,10 +167,16 @@ def serve(model_base: str | Path, model_name: str, host: str = "127.0.0.1", port
                          options=[("grpc.max_receive_message_length", max_bytes),
                                   ("grpc.max_send_message_length", max_bytes),
                                   ("grpc.so_reuseport", 0)])
-    prediction = PredictionServicer(_Resolver(registry, version_labels), metrics, log)
+    batcher = Batcher(batching, log).start() if batching is not None else None
+    resolver = Resolver(registry, version_labels, batcher)
+    prediction = PredictionServicer(resolver, metrics, log)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(registry, metrics, log), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelStatusServicer(registry, resolver, metrics, log),
+                                                              server)
+    health = HealthServicer(health_status(registry), max_watchers=max(1, workers // 2))
+    add_health_servicer(health, server)
     address = f"{host}:{port}"
+    metrics_server = rest_server = None
     try:
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
@@ -200,13 +188,23 @@ def serve(model_base: str | Path, model_name: str, host: str = "127.0.0.1", port
         if not bound:
             raise OSError(f"could not bind gRPC server to {address}")
         metrics_server = MetricsServer(metrics, host, metrics_port) if metrics_port is not None else None
+        if rest_port is not None:
+            rest_server = RestServer(RestApi(registry, resolver, metrics, log), host, rest_port, workers=workers,
+                                     max_body_bytes=max_bytes, tls_cert=tls_cert, tls_key=tls_key)
     except BaseException:
-        registry.stop()
+        for started in (rest_server, metrics_server, registry, batcher):
+            if started is not None:
+                started.stop()
         raise
     server.start()
-    handle = ServerHandle(server, registry, metrics, host, bound, metrics_server, prediction)
+    handle = ServerHandle(server, registry, metrics, host, bound, metrics_server, prediction, rest_server, health,
+                          batcher)
     log.info("serving", extra={"fields": {"model": model_name, "model_base": str(model_base), "target": handle.target,
-                                          "tls": tls_cert is not None, "metrics_port": handle.metrics_port,
+                                          "rest_port": handle.rest_port, "tls": tls_cert is not None,
+                                          "metrics_port": handle.metrics_port,
                                           "versions": registry.available_versions, "workers": workers,
-                                          "max_message_mb": max_message_mb}})
+                                          "max_message_mb": max_message_mb,
+                                          "batching": batching.describe() if batching else None}})
+    if batching is not None and batching.ignored:
+        log.warning("batching parameters accepted but not acted on", extra={"fields": {"ignored": batching.ignored}})
     return handle

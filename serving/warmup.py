@@ -7,39 +7,41 @@ initialisation, table loads). Same file, same format, for both servers.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from common import fs
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 MAX_WARMUP_RECORDS = 1000  # TF Serving's own cap
 
 
-def warmup_path(version_dir: str | Path) -> Path:
-    return Path(version_dir) / "assets.extra" / WARMUP_FILE
+def warmup_path(version_dir: str | os.PathLike) -> str:
+    return fs.join(version_dir, "assets.extra", WARMUP_FILE)
 
 
-def write_warmup(version_dir: str | Path, requests: list[predict_pb2.PredictRequest]) -> Path:
+def write_warmup(version_dir: str | os.PathLike, requests: list[predict_pb2.PredictRequest]) -> str:
     """Write PredictRequests as PredictionLog(predict_log=PredictLog(request=...)) records."""
     if len(requests) > MAX_WARMUP_RECORDS:
         raise ValueError(f"{len(requests)} warmup requests; TF Serving reads at most {MAX_WARMUP_RECORDS}")
     path = warmup_path(version_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(path)) as w:
+    fs.makedirs(fs.parent(path))
+    with tf.io.TFRecordWriter(path) as w:
         for r in requests:
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=r))
             w.write(log.SerializeToString())
     return path
 
 
-def read_warmup(version_dir: str | Path) -> tuple[list[predict_pb2.PredictRequest], int]:
+def read_warmup(version_dir: str | os.PathLike) -> tuple[list[predict_pb2.PredictRequest], int]:
     """(predict requests, count of other log kinds skipped); [] when the version has no warmup file."""
     path = warmup_path(version_dir)
-    if not path.exists():
+    if not fs.exists(path):
         return [], 0
     out, skipped = [], 0
-    for raw in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
+    for raw in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):
         log = prediction_log_pb2.PredictionLog.FromString(raw.numpy())
         if log.WhichOneof("log_type") == "predict_log":
             out.append(log.predict_log.request)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import feature_specs  # noqa: F401
+import feature_specs
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import feature_specs  # noqa: F401  (before TensorFlow)
 import numpy as np
 import pandas as pd
 import tensorflow as tf

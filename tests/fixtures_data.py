@@ -26,11 +26,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import feature_specs  # noqa: F401  (Keras flavour before TensorFlow)
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from common import fs
 from feature_specs import artifacts, derive
 from feature_specs.loader import spec_hash
 from feature_specs.numeric import pre_transform
@@ -128,10 +128,10 @@ def _example(spec: FeatureSpec, row: dict[str, Any]) -> bytes:
         v = row.get(key)
         if v is None:
             continue  # absent -> the parse spec's default ("" or the numeric default)
-        if rf.dtype == tf.string:
+        if rf.wire == "bytes":
             vals = v if rf.varlen else [v]
             feats[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[t.encode() for t in vals]))
-        elif rf.dtype == tf.int64:
+        elif rf.wire == "int64":
             feats[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
         else:
             feats[key] = tf.train.Feature(float_list=tf.train.FloatList(value=[float(v)]))
@@ -222,15 +222,15 @@ def write_fixture_dataset(spec: FeatureSpec, df: pd.DataFrame, out_dir, eval_fra
     vocabs = _vocabs(spec, train)
     for name, items in vocabs.items():
         lines = [artifacts.format_vocab_line(t, c) for t, c in items]
-        artifacts.vocab_path(out, name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        fs.write_text(artifacts.vocab_path(out, name), "".join(line + "\n" for line in lines))
     stats = _stats(spec, train, vocabs)
-    artifacts.stats_path(out).write_text(json.dumps(artifacts.stats_to_json(stats), indent=1))
-    artifacts.spec_copy_path(out).write_text(_spec_text(spec), encoding="utf-8")
+    fs.write_text(artifacts.stats_path(out), json.dumps(artifacts.stats_to_json(stats), indent=1))
+    fs.write_text(artifacts.spec_copy_path(out), _spec_text(spec))
     manifest = {"artifact_version": artifacts.ARTIFACT_VERSION, "spec_name": spec.name, "spec_hash": spec_hash(spec),
                 "code_version": code_version(), "producer": "tests/fixtures_data.py (test stand-in for the Beam job)",
                 "counts": {"input": len(rows), "train": len(train), "eval": len(ev), "rejected": 0},
                 "options": {"eval_fraction": eval_fraction, "seed": seed, "train_shards": TRAIN_SHARDS}}
-    artifacts.manifest_path(out).write_text(json.dumps(manifest, indent=1))
+    fs.write_text(artifacts.manifest_path(out), json.dumps(manifest, indent=1))
     return out
 
 

@@ -112,6 +112,42 @@ def test_calibration_ratio():
     assert metrics.calibration_ratio(None, 0.1) is None
 
 
+def test_calibration_hand_worked_weighted_and_undefined():
+    # predicted (0.2 + 0.4) / 2 = 0.3, observed 1 / 2: 0.6; weighted 3:1 -> (0.6 + 0.4) / 4 over 1 / 4 = 1.0
+    assert metrics.calibration([0.2, 0.4], [0, 1]) == pytest.approx(0.6)
+    assert metrics.calibration([0.2, 0.4], [0, 1], [3, 1]) == pytest.approx(1.0)
+    assert metrics.calibration([0.2, 0.4], [0, 0]) is None and metrics.calibration([], []) is None
+
+
+def test_ctr_sums_merge_equals_one_pass_and_the_direct_functions():
+    rng = np.random.default_rng(3)
+    p, y, w = rng.uniform(0, 1, 500), (rng.random(500) < 0.3).astype(float), rng.uniform(0.1, 2, 500)
+    whole = metrics.CtrSums().add(p, y, w)
+    merged = metrics.CtrSums().merge(metrics.CtrSums().add(p[:123], y[:123], w[:123])).merge(
+        metrics.CtrSums().add(p[123:], y[123:], w[123:]))
+    assert merged.rows == whole.rows == 500
+    for name in ("logloss", "calibration", "observed_ctr", "predicted_ctr"):
+        assert getattr(merged, name) == pytest.approx(getattr(whole, name), rel=1e-12)
+    assert whole.logloss == pytest.approx(metrics.logloss(p, y, w), rel=1e-12)
+    assert whole.observed_ctr == pytest.approx(np.sum(w * y) / np.sum(w))
+    empty = metrics.CtrSums()
+    assert (empty.logloss, empty.calibration, empty.observed_ctr, empty.predicted_ctr) == (None, None, None, None)
+
+
+def test_probabilities_outside_0_1_are_an_error():
+    with pytest.raises(ValueError, match=r"probabilities must be in \[0, 1\], got e.g. \[1.5\]"):
+        metrics.logloss([0.5, 1.5], [0, 1])
+
+
+def test_logit_terms_equal_the_clipped_metric_where_clipping_is_idle_and_stay_finite():
+    z = np.linspace(-12, 12, 49)
+    y = (np.arange(49) % 2).astype(float)
+    p = metrics.sigmoid(z)
+    np.testing.assert_allclose(metrics.logit_logloss_terms(z, y), metrics.logloss_terms(p, y), rtol=1e-9)
+    assert np.all(np.isfinite(metrics.logit_logloss_terms(np.array([-800.0, 800.0]), np.array([1.0, 0.0]))))
+    np.testing.assert_allclose(metrics.sigmoid([-800.0, 0.0, 800.0]), [0.0, 0.5, 1.0])
+
+
 def test_reliability_table_hand_worked():
     p = [0.1] * 4 + [0.9] * 4
     y = [0, 0, 0, 1, 1, 1, 1, 0]

@@ -3,7 +3,6 @@ must score exactly like the tower on the user's raw inputs repeated to every can
 
 from __future__ import annotations
 
-import feature_specs  # noqa: F401
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -43,7 +42,7 @@ def test_candidate_logits_equal_logits_on_broadcast_raw_inputs(data, light, boos
         path = model.tower_path(tower)
         calls = []
         split = path.tower.split_logits
-        path.tower.split_logits = lambda parts, _f=split: calls.append(len(parts)) or _f(parts)
+        path.tower.split_logits = lambda parts, kernels=None, _f=split: calls.append(len(parts)) or _f(parts, kernels)
         for row in (0, 5):  # a user who is not row 0 of the batch: nothing may read the wrong row
             user, items = _split(spec, x, row)
             want = path.logits(_broadcast_raw(user, items)).numpy()
@@ -51,10 +50,17 @@ def test_candidate_logits_equal_logits_on_broadcast_raw_inputs(data, light, boos
             assert got.shape == want.shape == (24,)
             assert np.abs(got - want).max() < 1e-5, (tower, row)
             assert np.std(want) > 0  # the items differ: a test that broadcast one score everywhere would fail
+            # the export's pre-split kernels (the user's and the items' kernel rows gathered once) score the same
+            kernels = path.split_kernels(frozenset(user))
+            assert (kernels is None) == (not path.tower.splits_first_layer)
+            assert np.abs(path.candidate_logits(user, items, kernels).numpy() - got).max() < 1e-6, (tower, row)
+            if kernels is not None:  # kernels split for another user/item split are refused, not misapplied
+                with pytest.raises(ValueError, match="pre-split"):
+                    path.candidate_logits(user, items, path.split_kernels(frozenset()))
         # mlp / lr towers take the split first layer (user part once, item part per row); dcn / fm / din read
         # their fields jointly and go through the broadcast path
         kind = cfg.model.light.kind if tower == "light" else cfg.model.booster.kind
-        assert calls == ([2, 2] if kind in ("mlp", "lr") else []), (tower, kind)
+        assert calls == ([2, 2, 2, 2] if kind in ("mlp", "lr") else []), (tower, kind)
 
 
 def test_candidate_logits_one_candidate_and_a_traced_graph(data):

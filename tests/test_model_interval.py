@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import feature_specs  # noqa: F401
+import feature_specs
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -158,7 +158,7 @@ def test_split_first_layer_scores_candidates_like_the_tower(tiny):
         assert model.interval_layer in path.shared and INTERVAL_KERNEL in {v.name for v in path.variables}
         calls = []
         split = path.tower.split_logits
-        path.tower.split_logits = lambda parts, _f=split: calls.append(len(parts)) or _f(parts)
+        path.tower.split_logits = lambda parts, kernels=None, _f=split: calls.append(len(parts)) or _f(parts, kernels)
         user = {k: v[3:4] for k, v in x.items() if spec.feature(k).side != "item"}
         items = {k: v for k, v in x.items() if spec.feature(k).side == "item"}
         n = int(tf.shape(items["ad_id"])[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-import feature_specs  # noqa: F401
+import feature_specs
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -3,13 +3,12 @@ carries no booster variable; the booster export carries them."""
 
 from __future__ import annotations
 
-import feature_specs  # noqa: F401
 import numpy as np
 import pytest
 import tensorflow as tf
 from fixtures_data import fixture_batch, synthetic_frame, tiny_spec, write_fixture_dataset
 
-from feature_specs import artifacts, derive
+from feature_specs import artifacts, derive, packed
 from models.config import ModelConfig, RunConfig, TowerConfig, TrainConfig
 from models.rocket import build_model
 from models.saved import save_tower, tower_module
@@ -38,7 +37,7 @@ def _eval_batch(spec, data, n=16):
 def test_export_matches_in_memory_logits_through_every_signature(exported, tower):
     spec, data, model, paths = exported
     loaded = tf.saved_model.load(str(paths[tower]))
-    assert set(loaded.signatures) == {"serving_default", "predict_raw", "score_candidates"}
+    assert set(loaded.signatures) == {"serving_default", "predict_raw", "score_candidates", "score_packed"}
     raw, x = _eval_batch(spec, data)
     want = (model.light_logits(x) if tower == "light" else model.booster_logits(x)).numpy()
     assert np.abs(want - model(x)[f"{tower}_logit"].numpy()).max() < 1e-5
@@ -52,6 +51,12 @@ def test_export_matches_in_memory_logits_through_every_signature(exported, tower
     n = int(tf.shape(items["ad_id"])[0])
     want_c = (model.tower_path(tower).logits({**{k: tf.repeat(v, n, axis=0) for k, v in user.items()}, **items}))
     got = loaded.signatures["score_candidates"](**user, **items)
+    assert got["logit"].shape == (n,) and np.abs(got["logit"].numpy() - want_c.numpy()).max() < 1e-5
+    # the lean path: the same features packed one tensor per side and dtype (hashed, bucketized, max-pooled and
+    # per-tower features included; the fm light tower and the din booster take the broadcast path)
+    packed_x = packed.pack(packed.packed_layout(spec), {k: v.numpy() for k, v in user.items()},
+                           {k: v.numpy() for k, v in items.items()})
+    got = loaded.signatures["score_packed"](**{k: tf.constant(v) for k, v in packed_x.items()})
     assert got["logit"].shape == (n,) and np.abs(got["logit"].numpy() - want_c.numpy()).max() < 1e-5
 
 

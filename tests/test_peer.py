@@ -8,6 +8,8 @@ import ast
 import importlib
 import itertools
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -138,7 +140,7 @@ def test_export_rejects_a_non_npz_name(fixture_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ peer script
-def test_rank_auc_matches_pairwise_counting_with_ties_and_weights():
+def test_peer_auc_matches_pairwise_counting_with_ties_and_weights():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 60).astype(float)
     s = rng.integers(0, 8, 60) / 8.0  # many ties
@@ -148,9 +150,25 @@ def test_rank_auc_matches_pairwise_counting_with_ties_and_weights():
         if y[i] == 1 and y[j] == 0:
             den += w[i] * w[j]
             num += w[i] * w[j] * (1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0)
-    assert peer_deepctr.rank_auc(y, s, w) == pytest.approx(num / den, abs=1e-12)
-    assert peer_deepctr.rank_auc([1, 1], [0.2, 0.3]) is None
-    assert peer_deepctr.logloss([1, 0], [0.5, 0.5]) == pytest.approx(np.log(2))
+    assert peer_deepctr.metrics.auc(s, y, w) == pytest.approx(num / den, abs=1e-12)
+    assert peer_deepctr.metrics.auc([0.2, 0.3], [1, 1]) is None
+    assert peer_deepctr.metrics.logloss([0.5, 0.5], [1, 0]) == pytest.approx(np.log(2))
+
+
+def test_peer_scores_with_our_metrics_module_in_its_own_env():
+    """The peer loads common/metrics.py by path: the same file, and it loads in .venv-peer without our packages."""
+    from common import metrics
+
+    assert Path(peer_deepctr.metrics.__file__).resolve() == Path(metrics.__file__).resolve()
+    if not PEER_PYTHON.is_file():
+        pytest.skip(f"{PEER_PYTHON} is absent (`make peer-env`)")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import peer_deepctr as p; "
+            "assert 'common' not in sys.modules; print(p.metrics.auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([str(PEER_PYTHON), "-c", code, str(Path(peer_deepctr.__file__).parent)], env=env,
+                         cwd=str(REPO), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip()) == pytest.approx(0.75)
 
 
 def test_peer_script_imports_no_project_module():

@@ -6,7 +6,7 @@ import gzip
 import json
 from pathlib import Path
 
-import feature_specs  # noqa: F401  (before TensorFlow)
+import feature_specs
 import numpy as np
 import pandas as pd
 import pytest

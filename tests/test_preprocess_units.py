@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
-import feature_specs  # noqa: F401  (before TensorFlow)
 import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
+from google.protobuf.internal import api_implementation
 
 from feature_specs.derive import parse_spec
+from feature_specs.example_fields import RecordField, record_fields
 from feature_specs.loader import spec_from_dict
 from feature_specs.schema import Split
 from pipeline.preprocess.analyze import AnalyzeTrain, finalize_vocab, merge_moments, moments_of
 from pipeline.preprocess.counting import CountKeys, constant_key
-from pipeline.preprocess.encode import ExampleEncoder, varint
+from pipeline.preprocess.encode import ExampleEncoder, varint, wire_order
 from pipeline.preprocess.join import COGROUP, SIDE_INPUT, JoinSideTable, ReadSideTable, appended_columns
-from pipeline.preprocess.record_layout import record_layout
+from pipeline.preprocess.record_layout import RecordLayout, record_layout
 from pipeline.preprocess.train_eval_split import AssignSplit, hash_fraction, time_cutoff
 from pipeline.preprocess.validate import REASONS, REJECTED, LineParser, ParseAndValidateLines, Reject, RowConverter, \
     reason_of
 
+REPO = Path(__file__).resolve().parents[1]
 RAW = {
     "name": "tiny",
     "format": {"delimiter": ",", "header": False,
@@ -56,24 +61,22 @@ def layout(spec):
     return record_layout(spec)
 
 
-def as_dict(layout, record):
-    return {fp.key: v for fp, v in zip(layout, record)}
-
-
-# ---- encoder -----------------------------------------------------------------------------------------
+# ---- record layout and encoder ------------------------------------------------------------------------
 
 def proto_example(layout, record) -> tf.train.Example:
+    """The same record built with the protobuf API, field by field from the layout's wire types."""
     feats = {}
-    for fp, v in zip(layout, record):
-        if v is None or (fp.varlen and not v):
+    for rf in layout.fields:
+        v = layout.as_dict(record)[rf.key]
+        if v is None or (rf.varlen and not v):
             continue
-        if fp.wire == "float":
-            feats[fp.key] = tf.train.Feature(float_list=tf.train.FloatList(value=[v]))
-        elif fp.wire == "int64":
-            feats[fp.key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
+        vals = list(v) if rf.varlen else [v]
+        if rf.wire == "float":
+            feats[rf.key] = tf.train.Feature(float_list=tf.train.FloatList(value=vals))
+        elif rf.wire == "int64":
+            feats[rf.key] = tf.train.Feature(int64_list=tf.train.Int64List(value=vals))
         else:
-            vals = v if fp.varlen else [v]
-            feats[fp.key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[x.encode() for x in vals]))
+            feats[rf.key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[x.encode() for x in vals]))
     return tf.train.Example(features=tf.train.Features(feature=feats))
 
 
@@ -83,16 +86,40 @@ def test_varint_matches_protobuf():
         assert msg == b"\x0a" + bytes([len(varint(n))]) + varint(n)
 
 
-def test_encoder_bytes_equal_protobuf_and_parse_back(spec, layout):
+def test_layout_is_addressed_by_name(spec, layout):
+    assert set(layout.keys) == set(record_fields(spec)) and len(layout) == 9
+    # grouped by kind; this order is what negative sampling hashes (row_key), so it must not drift
+    assert layout.keys == ("user_id", "ad", "city", "price", "age", "clk", "w", "hist", "ts")
+    assert layout.fields[layout.index("clk")].role == "label" and layout.role("label") == layout.index("clk")
+    assert layout.fields[layout.index("hist")].max_length == 3
+    assert layout.column_names[layout.columns[layout.index("w")]] == "w"
+    with pytest.raises(KeyError, match="no record field 'nope'"):
+        layout.index("nope")
+    with pytest.raises(ValueError, match="record has 2 values"):
+        layout.as_dict(("a", 1.0))
+    with pytest.raises(ValueError, match="source column 'gone'"):
+        RecordLayout([RecordField("x", "float", False, "weight", "gone")], ("a",))
+    with pytest.raises(ValueError, match="wire type 'double'"):
+        RecordField("x", "double", False, "weight", "x")
+
+
+def test_converter_refuses_a_kind_it_cannot_parse(spec):
+    fields = [*record_fields(spec).values(), RecordField("scores", "float", True, "weight", "w")]
+    with pytest.raises(ValueError, match="'scores': RowConverter cannot parse a float list"):
+        RowConverter(spec, RecordLayout(fields, spec.all_columns, {f.name: f for f in spec.features}), 100)
+
+
+def test_encoder_bytes_equal_deterministic_protobuf_and_parse_back(spec, layout):
     conv = RowConverter(spec, layout, 1000)
     rows = ["1,u1,a1,7,1.5,20,a1|a2|a3|a4,100,2.0",
             "0,u2,,NULL,,,,-5,",                              # everything optional missing, negative int64
             f"1,ü{'x' * 300},{'b' * 120},3,-0.25,1e3,{'z' * 200}|ß,{2 ** 40},"]  # long + non-ASCII values
     records = [conv.convert(r.split(","), r)[1] for r in rows]
+    assert list(wire_order(layout.keys)) != list(layout.keys)  # so the encoder really reorders
     enc = ExampleEncoder(layout)
     blobs = [enc.encode(r) for r in records]
     for blob, rec in zip(blobs, records):
-        assert tf.train.Example.FromString(blob) == proto_example(layout, rec)
+        assert blob == proto_example(layout, rec).SerializeToString(deterministic=True)
     parsed = tf.io.parse_example(blobs, parse_spec(spec))
     assert [x.decode() for x in parsed["user_id"].numpy()] == ["u1", "u2", f"ü{'x' * 300}"]
     assert [x.decode() for x in parsed["ad"].numpy()] == ["a1", "", "b" * 120]
@@ -101,6 +128,39 @@ def test_encoder_bytes_equal_protobuf_and_parse_back(spec, layout):
     np.testing.assert_allclose(parsed["w"].numpy(), [2.0, 1.0, 1.0])  # weight absent -> 1.0
     assert parsed["ts"].numpy().tolist() == [100, -5, 2 ** 40]
     assert parsed["clk"].numpy().tolist() == [1.0, 0.0, 1.0]
+
+
+@pytest.mark.skipif(api_implementation.Type() != "upb", reason="prefix keys follow upb's order (see wire_order)")
+def test_encoder_every_kind_and_prefix_keys_byte_identical():
+    """All six (wire, list) kinds, keys that are prefixes of others ("a" < "ab" < "abc" on bytes) and a non-ASCII
+    key: the order and bytes of protobuf's deterministic serialization (roles do not matter to the encoder)."""
+    kinds = {"ab": ("bytes", False), "abc": ("float", False), "a": ("bytes", True), "é": ("int64", False),
+             "b": ("float", True), "a_": ("int64", True)}
+    layout = RecordLayout([RecordField(k, w, varlen, "weight", "c") for k, (w, varlen) in kinds.items()], ("c",))
+    assert wire_order(["a", "ab", "abc", "b"]) == ["abc", "ab", "a", "b"]
+    enc = ExampleEncoder(layout)
+    full = {"ab": "x" * 130, "abc": 0.5, "a": ("t", "ü" * 70), "é": -(2 ** 40), "b": (1.5, -2.0),
+            "a_": (0, 300, -1)}
+    empty = {"ab": None, "abc": None, "a": (), "é": None, "b": (), "a_": ()}
+    for values in (full, empty):
+        record = tuple(values[k] for k in layout.keys)
+        assert enc.encode(record) == proto_example(layout, record).SerializeToString(deterministic=True)
+
+
+def test_preprocessing_never_imports_tensorflow():
+    """The Beam driver and workers read the record layout as plain data: building the layout, validating and
+    encoding a row in a fresh interpreter leaves TensorFlow unloaded."""
+    code = ("import sys; import pipeline.preprocess.preprocess_job; from feature_specs.loader import load_spec; "
+            "from pipeline.preprocess.record_layout import record_layout; "
+            "from pipeline.preprocess.validate import RowConverter; "
+            "from pipeline.preprocess.encode import ExampleEncoder; "
+            "spec = load_spec('synthetic'); layout = record_layout(spec); "
+            "row = ['7', '1', *(['3'] * (len(spec.all_columns) - 2))]; "
+            "blob = ExampleEncoder(layout).encode(RowConverter(spec, layout, 100).convert(row, ','.join(row))[1]); "
+            "print(len(blob) > 100, 'tensorflow' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["True", "False"], res.stdout
 
 
 # ---- validation: every rejection reason ---------------------------------------------------------------
@@ -140,13 +200,13 @@ def test_other_reasons(spec, layout):
     with pytest.raises(Reject, match="missing_timestamp"):
         convert_raw(timed, record_layout(timed), b"1,u1,a1,7,1,2,,,1")
     rated = spec_from_dict({**RAW, "label": {"name": "clk", "threshold": 4, "op": ">"}})
-    assert as_dict(record_layout(rated), convert_raw(rated, record_layout(rated), b"4.5,u1,a,1,1,2,,1,1")[1])[
+    assert record_layout(rated).as_dict(convert_raw(rated, record_layout(rated), b"4.5,u1,a,1,1,2,,1,1")[1])[
         "clk"] == 1.0
 
 
 def test_missing_values_are_not_errors(spec, layout):
     token, rec = convert_raw(spec, layout, b'0,u9,NULL,, ,,NULL|a||b,NULL,')
-    d = as_dict(layout, rec)
+    d = layout.as_dict(rec)
     assert d["ad"] is None and d["city"] is None and d["price"] is None and d["ts"] is None and d["w"] is None
     assert d["hist"] == ("a", "b") and d["user_id"] == "u9"
     assert token == hash_fraction(3, "u9")
@@ -159,7 +219,7 @@ def test_parse_and_validate_dofn_dead_letters_everything(spec, layout):
         out = (p | beam.Create(lines)
                | beam.ParDo(ParseAndValidateLines(spec, layout, 50)).with_outputs(REJECTED, "counts",
                                                                                    main="records"))
-        assert_that(out.records | beam.Map(lambda tr: as_dict(layout, tr[1])["user_id"]), equal_to(["u1"]))
+        assert_that(out.records | beam.Map(lambda tr: layout.as_dict(tr[1])["user_id"]), equal_to(["u1"]))
         assert_that(out[REJECTED] | "Reason" >> beam.Map(reason_of), equal_to(sorted(BAD)), label="reasons")
         assert_that(out["counts"] | beam.CombinePerKey(sum), equal_to([("rows_in", 1 + len(BAD))]),
                     label="rows_in")

@@ -13,7 +13,6 @@ import json
 import re
 from pathlib import Path
 
-import feature_specs  # noqa: F401  (before TensorFlow)
 import pytest
 
 from feature_specs import load_spec

@@ -23,7 +23,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from feature_specs import derive
 from serving.client import PredictClient
-from serving.export import export_run, model_inputs_of, next_version, read_eval_examples
+from common.versions import next_version
+from serving.export import export_run, model_inputs_of, read_eval_examples
 from serving.server import serve
 from serving.tensors import from_numpy, to_numpy
 from tests.train_helpers import fast_config, fixture_data

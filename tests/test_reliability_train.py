@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 
-import feature_specs  # noqa: F401  (before TensorFlow)
 import pytest
 
 from rocketctr import cli

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 import numpy as np
@@ -19,6 +14,7 @@ import feature_specs
 from rocketctr import cli
 from serving.client import PredictClient
 from serving.server import serve
+from serving.server_process import ServerProcess
 from test_serving_toy import rows_to_examples, save_toy, toy_rows
 
 
@@ -32,12 +28,6 @@ def base(tmp_path_factory, spec):
     b = tmp_path_factory.mktemp("models")
     save_toy(b, 1, seed=4, spec=spec)
     return b
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _want(base, spec, rows):
@@ -79,42 +69,52 @@ def test_score_csv_and_jsonl(base, spec, tmp_path, capsys):
         assert "'ad_id'" in capsys.readouterr().err
 
 
-def test_serve_command_runs_until_sigterm(base):
-    port, mport = _free_port(), _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rocketctr.cli", "serve", "--model-base", str(base),
-                             "--model-name", "toy", "--port", str(port), "--metrics-port", str(mport),
-                             "--poll-seconds", "0.5", "--intra-op-threads", "1", "--inter-op-threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        client = PredictClient(f"127.0.0.1:{port}", "toy", timeout=2)
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stderr.read()
-            try:
-                if client.status()[0]["state"] == "AVAILABLE":
-                    break
-            except Exception:
-                assert time.monotonic() < deadline, "server not ready in 60 s"
-                time.sleep(0.2)
-        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics") as r:
-            assert "rocketctr_requests_total" in r.read().decode()
-        client.close()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
-        assert any(d["msg"] == "serving" and d["target"] == f"127.0.0.1:{port}" for d in logs)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+def test_score_over_rest(base, spec, tmp_path, capsys):
+    rows = toy_rows(spec, 5, seed=6)
+    with open(tmp_path / "rows.jsonl", "w") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+    out = tmp_path / "scored.csv"
+    with serve(base, "toy", port=0, rest_port=0) as h:
+        assert cli.main(["score", "--protocol", "rest", "--target", h.rest_target, "--model-name", "toy",
+                         "--input", str(tmp_path / "rows.jsonl"), "--spec", "synthetic", "--output", str(out)]) == 0
+        np.testing.assert_allclose(pd.read_csv(out)["ctr"].to_numpy(), _want(base, spec, rows), atol=1e-6)
+        assert cli.main(["score", "--protocol", "rest", "--target", h.rest_target, "--model-name", "nope",
+                         "--input", str(tmp_path / "rows.jsonl")]) == 1
+        assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_serve_command_runs_until_sigterm(base, spec, tmp_path):
+    """`rocketctr serve` as production runs it (serving.server_process): gRPC, REST, metrics and health on
+    their own ports; SIGTERM is a clean exit."""
+    log = tmp_path / "serve.log"
+    server = ServerProcess(base, "toy", metrics=True, log_path=log, timeout=60,
+                           args=["--poll-seconds", "0.5", "--intra-op-threads", "1", "--inter-op-threads", "1"])
+    with server:  # ready = the gRPC health service says SERVING for the model
+        rows = toy_rows(spec, 4, seed=5)
+        for protocol, target in (("grpc", server.target), ("rest", server.rest_target)):
+            with PredictClient(target, "toy", protocol=protocol, timeout=10) as client:
+                assert client.status()[0]["state"] == "AVAILABLE"
+                np.testing.assert_allclose(client.predict_examples(rows_to_examples(spec, rows)),
+                                           _want(base, spec, rows), atol=1e-6)
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as r:
+            text = r.read().decode()
+        assert 'method="Predict"' in text and 'method="REST.Predict"' in text
+        assert server.stop() == 0  # SIGTERM
+    logs = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert any(d["msg"] == "serving" and d["target"] == server.target and d["rest_port"] == server.rest_port
+               for d in logs)
 
 
 def test_bench_serve_prints_a_table(base, capsys):
     from rocketctr.bench.serve_latency import main
 
     assert main(["--model-base", str(base), "--booster-base", str(base), "--requests", "5", "--warmup", "1",
-                 "--sizes", "1,3", "--signatures", "score_candidates,serving_default", "--no-grpc"]) == 0
+                 "--sizes", "1,3", "--signatures", "score_candidates,score_packed,serving_default",
+                 "--no-grpc"]) == 0
     out = capsys.readouterr().out
     assert "| light | score_candidates | 3 |" in out and "| booster | serving_default | 1 |" in out
+    assert "| light | score_packed | 3 |" in out and "load (1 min)" in out  # the lean path beside the others
     assert "booster/light" in out and "parameters" in out and "in-process CPU ms" in out
     # the same export on both sides: every ratio is a ratio of like with like, so finite and positive
     ratios = [float(c.strip()[:-1]) for line in out.splitlines() if line.startswith("| score_candidates |")

@@ -1,7 +1,7 @@
 """`rocketctr export`: layout, no booster variable, parity with the training model, atomic publication,
 and a version exported while the server runs gets served.
 
-The run is built without training (models.run.build_for + a final checkpoint): export and parity do not
+The run is built without training (models.rocket.build_model + a final checkpoint): export and parity do not
 depend on the weights being good, only on them being the training model's.
 """
 
@@ -23,7 +23,8 @@ from feature_specs import derive
 from fixtures_data import synthetic_frame, write_fixture_dataset
 from models.config import config_from_dict
 from serving import export as export_mod
-from serving.export import ExportError, export_run, exported_variable_names, next_version, read_eval_examples
+from common.versions import next_version
+from serving.export import ExportError, export_run, exported_variable_names, read_eval_examples
 from serving.server import serve
 from serving.tensors import fill_proto, to_numpy
 from serving.warmup import read_warmup
@@ -31,17 +32,18 @@ from serving.warmup import read_warmup
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    from models.run import RunPaths, build_for, write_run_config
+    from models.rocket import build_model
+    from models.run import RunPaths, write_run_config
 
     root = tmp_path_factory.mktemp("export")
     spec = feature_specs.load_spec("synthetic")
     data = write_fixture_dataset(spec, synthetic_frame(spec, 160, seed=0), root / "data")
     cfg = config_from_dict({"model": {"light": {"kind": "mlp", "hidden": [8]},
                                       "booster": {"kind": "mlp", "hidden": [16]}}})
-    model = build_for(spec, str(data), cfg)
+    model = build_model(spec, str(data), cfg)
     run = root / "run"
     write_run_config(run, cfg, data, spec)
-    tf.train.Checkpoint(model=model).save(str(RunPaths(run).final / "ckpt"))
+    tf.train.Checkpoint(model=model).save(str(Path(RunPaths(run).final) / "ckpt"))
     (run / "metrics.json").write_text(json.dumps({"light": {"auc": 0.5}}))
     return run
 
@@ -64,7 +66,7 @@ def test_layout_warmup_and_metadata(exported, run_dir):
     assert (exported / "saved_model.pb").exists() and (exported / "variables" / "variables.index").exists()
     reqs, skipped = read_warmup(exported)
     assert skipped == 0 and {r.model_spec.signature_name for r in reqs} == {"serving_default", "predict_raw",
-                                                                            "score_candidates"}
+                                                                            "score_candidates", "score_packed"}
     assert max(r.inputs["examples"].tensor_shape.dim[0].size for r in reqs if "examples" in r.inputs) == 6
     meta = json.loads((exported / "assets.extra" / "rocketctr.json").read_text())
     spec = feature_specs.load_spec("synthetic")

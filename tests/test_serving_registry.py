@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 import shutil
+import uuid
 
 import grpc
 import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2
 
-from serving.registry import AVAILABLE, END, ModelRegistry, scan_versions
-from serving.signatures import RequestError
+from common import fs
+from common.versions import COMPLETE_MARKER, scan_versions
+from serving.registry import AVAILABLE, END, ModelRegistry
+from serving.signatures import RequestError, decode_inputs
 from serving.tensors import fill_proto
 from serving.warmup import read_warmup, write_warmup
 from test_serving_toy import save_toy
@@ -39,6 +42,42 @@ def test_scan_ignores_temporary_and_incomplete_folders(tmp_path, toy_versions):
     (tmp_path / "notes").mkdir()
     assert list(scan_versions(tmp_path)) == [1]
     assert scan_versions(tmp_path / "absent") == {}
+
+
+def test_unpublished_version_folders_are_never_loaded(tmp_path, toy_versions, caplog):
+    """A version copied file by file onto an object store is visible before it is whole: a folder without the
+    completion marker, or without saved_model.pb, is skipped (not loaded, not a failed load), reported once."""
+    shutil.copytree(toy_versions / "1", tmp_path / "1")
+    (tmp_path / "1" / COMPLETE_MARKER).unlink()  # every file there but the marker: the copy is still running
+    (tmp_path / "3").mkdir()
+    (tmp_path / "3" / COMPLETE_MARKER).write_text("")  # a marker without the model
+    reg = ModelRegistry(tmp_path, "m")
+    with caplog.at_level(logging.INFO, logger="rocketctr.serving"):
+        reg.poll_once()
+        reg.poll_once()
+    assert reg.available_versions == [] and reg.states("m") == []
+    skipped = [r.fields for r in caplog.records if r.getMessage().startswith("version folder not published")]
+    assert sorted((f["version"], tuple(f["missing"])) for f in skipped) == [(1, (COMPLETE_MARKER,)),
+                                                                           (3, ("saved_model.pb",))]
+    (tmp_path / "1" / COMPLETE_MARKER).write_text("")  # the publisher's last write
+    reg.poll_once()
+    assert reg.available_versions == [1] and 'outcome="failed"' not in reg.metrics.render()
+
+
+def test_a_version_published_on_ram_loads_and_serves(spec):
+    """ram:// has no atomic folder rename (like gs://): save_toy publishes through common.versions, and the
+    registry polls the URL base, loads and warms up the version."""
+    base = f"ram://registry-{uuid.uuid4().hex}/models"
+    try:
+        save_toy(base, 4, seed=4, spec=spec)
+        reg = ModelRegistry(base, "m")
+        reg.poll_once()
+        assert reg.available_versions == [4]
+        req = read_warmup(fs.join(base, "4"))[0][0]
+        out = reg.get("m").runner(req.model_spec.signature_name).run(decode_inputs(req.inputs))
+        assert np.all(np.isfinite(out["ctr"]))
+    finally:
+        fs.rmtree(fs.parent(base))
 
 
 def test_latest_n_policy_swap_and_unload(tmp_path, toy_versions, caplog):

@@ -112,7 +112,7 @@ def test_metadata_and_status(server, stubs):
     assert resp.metadata["signature_def"].type_url.endswith("tensorflow.serving.SignatureDefMap")
     sig_map = get_model_metadata_pb2.SignatureDefMap()
     resp.metadata["signature_def"].Unpack(sig_map)
-    assert set(sig_map.signature_def) == {"serving_default", "predict_raw", "score_candidates"}
+    assert set(sig_map.signature_def) == {"serving_default", "predict_raw", "score_candidates", "score_packed"}
     assert list(sig_map.signature_def["serving_default"].inputs) == ["examples"]
     assert sig_map.signature_def["score_candidates"].inputs["user_id"].tensor_shape.dim[0].size == 1
     sreq = get_model_status_pb2.GetModelStatusRequest()
@@ -232,7 +232,7 @@ def test_client_builds_requests_from_rows(server, spec):
             items = df[[f.name for f in spec.features if f.side == "item"]]
             np.testing.assert_allclose(client.score_candidates(user, items), want, atol=1e-6)
             np.testing.assert_allclose(client.predict_examples(rows_to_examples(spec, rows)), want, atol=1e-6)
-            assert set(client.metadata()) == {"serving_default", "predict_raw", "score_candidates"}
+            assert set(client.metadata()) == {"serving_default", "predict_raw", "score_candidates", "score_packed"}
     with PredictClient(handle.target, MODEL, spec=spec) as client:
         with pytest.raises(ValueError, match="'ad_id'"):
             client.predict_raw(df.drop(columns=["ad_id"]))

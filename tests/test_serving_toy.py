@@ -1,10 +1,10 @@
-"""A small tf.Module with the three serving signatures of the interface (models/saved.py), for serving tests.
+"""A small tf.Module with the four serving signatures of the interface (models/saved.py), for serving tests.
 
 The server and client must not depend on training a real model: this stand-in has the same signature
-names, input names, dtypes, shapes and outputs (serving_default(examples) / predict_raw / score_candidates
--> {ctr, logit}), built from the same feature spec via feature_specs.derive, and deterministic scores that
-change with `seed` (so a new version is visibly different). The tests here check the stand-in keeps the
-contract the real export must keep: all three signatures agree on the same rows.
+names, input names, dtypes, shapes and outputs (serving_default(examples) / predict_raw / score_candidates /
+score_packed -> {ctr, logit}), built from the same feature spec via feature_specs.derive and .packed, and
+deterministic scores that change with `seed` (so a new version is visibly different). The tests here check
+the stand-in keeps the contract the real export must keep: all four signatures agree on the same rows.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import feature_specs
 import numpy as np
 import tensorflow as tf
 
-from feature_specs import derive
+from common import fs, versions
+from feature_specs import derive, packed
 from serving.export import warmup_requests
 from serving.warmup import write_warmup
 
@@ -42,6 +43,10 @@ class ToyTower(tf.Module):
         self.score_candidates = tf.function(self._predict_raw).get_concrete_function(
             **derive.serving_input_specs(spec, sides=("user", "context"), batch=1),
             **derive.serving_input_specs(spec, sides=("item",)))
+        layout = packed.packed_layout(spec)
+        self.score_packed = tf.function(lambda **p: self._predict_raw(**{
+            k: v for side in packed.unpack(layout, p) for k, v in side.items()})).get_concrete_function(
+            **packed.packed_input_specs(spec))
 
     def _logit(self, x: dict[str, tf.Tensor]) -> tf.Tensor:
         n = None
@@ -73,21 +78,21 @@ class ToyTower(tf.Module):
         return self._out(self._logit(x))
 
 
-def save_toy(model_base: str | os.PathLike, version: int, seed: int = 0, spec=None, warmup: bool = True) -> Path:
-    """Write a toy version into model_base/<version> (atomically, like the real export), with warmup requests."""
+def save_toy(model_base: str | os.PathLike, version: int, seed: int = 0, spec=None,
+             warmup: bool = True) -> str | Path:
+    """Write a toy version into model_base/<version> (local or a URL), published like the real export
+    (common.versions.publish_version), with warmup requests."""
     spec = spec or feature_specs.load_spec("synthetic")
     module = ToyTower(spec, seed)
-    base = Path(model_base)
-    base.mkdir(parents=True, exist_ok=True)
-    tmp = base / f".tmp-{uuid.uuid4().hex}"
-    tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serving_default,
-                                                      "predict_raw": module.predict_raw,
-                                                      "score_candidates": module.score_candidates})
+    tmp = versions.staging_dir(model_base, uuid.uuid4().hex)
+    fs.makedirs(fs.parent(tmp))
+    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serving_default,
+                                                 "predict_raw": module.predict_raw,
+                                                 "score_candidates": module.score_candidates,
+                                                 packed.SIGNATURE: module.score_packed})
     if warmup:
         write_warmup(tmp, warmup_requests(spec, rows_to_examples(spec, toy_rows(spec, 4, seed=seed))))
-    out = base / str(version)
-    os.rename(tmp, out)
-    return out
+    return fs.native(versions.publish_version(tmp, model_base, version))
 
 
 def toy_rows(spec, n: int, seed: int = 0) -> list[dict]:
@@ -145,7 +150,7 @@ def rows_to_inputs(spec, rows: list[dict]) -> dict[str, np.ndarray]:
 def test_toy_signatures_agree(tmp_path, synthetic_spec):
     path = save_toy(tmp_path, 1, seed=3)
     loaded = tf.saved_model.load(str(path))
-    assert set(loaded.signatures) == {"serving_default", "predict_raw", "score_candidates"}
+    assert set(loaded.signatures) == {"serving_default", "predict_raw", "score_candidates", "score_packed"}
     rows = toy_rows(synthetic_spec, 7, seed=1)
     user = {f.name: rows[0][f.name] for f in synthetic_spec.features if f.side != "item"}
     rows = [{**r, **user} for r in rows]
@@ -157,4 +162,8 @@ def test_toy_signatures_agree(tmp_path, synthetic_spec):
                                                  for k, v in x.items()})
     np.testing.assert_allclose(a["ctr"].numpy(), b["ctr"].numpy(), atol=1e-6)
     np.testing.assert_allclose(a["ctr"].numpy(), c["ctr"].numpy(), atol=1e-6)
+    user_x = {k: v[:1] for k, v in x.items() if side[k] != "item"}
+    d = loaded.signatures["score_packed"](**{k: tf.constant(v) for k, v in packed.pack(
+        packed.packed_layout(synthetic_spec), user_x, {k: v for k, v in x.items() if side[k] == "item"}).items()})
+    np.testing.assert_allclose(a["ctr"].numpy(), d["ctr"].numpy(), atol=1e-6)
     assert a["ctr"].shape == (7,)

@@ -112,10 +112,10 @@ def test_the_required_specs_are_shipped():
 def _example_for(spec) -> bytes:
     feats = {}
     for key, rf in derive.record_fields(spec).items():
-        if rf.dtype == tf.string:
+        if rf.wire == "bytes":
             vals = [b"a", b"b", b"c"] if rf.varlen else [b"x"]
             feats[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=vals))
-        elif rf.dtype == tf.int64:
+        elif rf.wire == "int64":
             feats[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[7]))
         else:
             feats[key] = tf.train.Feature(float_list=tf.train.FloatList(value=[1.0]))

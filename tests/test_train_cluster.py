@@ -12,28 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import yaml
 
+from common.ports import free_ports
 from models.config import config_to_dict
 from models.train import train
 from tests.train_helpers import REPO, fast_config, fixture_data
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.mark.slow
@@ -44,7 +32,7 @@ def test_two_workers_train_and_agree_with_one_process(tmp_path):
 
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump({"base": config_to_dict(cfg)}))
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     run = tmp_path / "cluster"
     procs = []
     for i in range(2):
@@ -86,7 +74,7 @@ def test_parameter_server_chief_worker_ps_on_localhost(tmp_path):
     cfg = fast_config("rocket", epochs=2, validation_fraction=0.1, strategy="parameter_server")
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump({"base": config_to_dict(cfg)}))
-    chief, worker, ps = (f"127.0.0.1:{p}" for p in _free_ports(3))
+    chief, worker, ps = (f"127.0.0.1:{p}" for p in free_ports(3))
     cluster = {"chief": [chief], "worker": [worker], "ps": [ps]}
     run = tmp_path / "run"
     procs = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import feature_specs  # noqa: F401
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -63,3 +62,23 @@ def test_load_run_restores_the_final_weights(runs, data_dir):
 def test_load_run_of_a_kd_student_needs_no_teacher(runs):
     loaded = load_run(runs["kd"])
     assert loaded.cfg.train.mode == "kd" and loaded.model.tower_names == ("light",)
+
+
+def test_tower_metrics_are_weighted_and_say_none_when_undefined():
+    from common import metrics
+    from models.split_scoring import tower_metrics
+
+    z = np.array([-2.0, 0.5, 1.0, -1.0])
+    y = np.array([0.0, 1.0, 0.0, 1.0])
+    w = np.array([1.0, 2.0, 1.0, 3.0])
+    m = tower_metrics(y, {"light_logit": z}, w)["light"]
+    assert m["auc"] == pytest.approx(metrics.auc(z, y, w)) and m["rows"] == 4
+    # by hand: the positives 0.5 (w 2) and -1 (w 3) beat the negative at -2 (w 1) and lose to the one at 1 (w 1)
+    assert m["auc"] == pytest.approx((2 * 1 + 3 * 1) / (5 * 2))
+    p = 1 / (1 + np.exp(-z))
+    assert m["logloss"] == pytest.approx(-np.sum(w * (y * np.log(p) + (1 - y) * np.log(1 - p))) / w.sum())
+    assert m["mean_ctr"] == pytest.approx(np.sum(w * p) / w.sum())
+    one_class = tower_metrics(np.zeros(3), {"booster_logit": np.zeros(3)})["booster"]
+    assert one_class["auc"] is None and one_class["logloss"] == pytest.approx(np.log(2))
+    with pytest.raises(ValueError, match="light tower: 1 of 2 logits are not finite"):
+        tower_metrics(np.array([0.0, 1.0]), {"light_logit": np.array([0.0, np.nan])})

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 import models.tune as tune_lib
-from models.config import ConfigError, RunConfig, TrainConfig, _merge, load_config, parse_override
+from common.typed_yaml import deep_merge
+from models.config import ConfigError, RunConfig, TrainConfig, load_config, parse_override
 from rocketctr.commands import tune as tune_cmd
 from tests.train_helpers import CONFIG, fixture_data
 
@@ -31,7 +32,7 @@ SPACE = {"common": {"train.embedding_optimizer": [{"name": "adagrad", "learning_
 def _overrides(sets=SETS) -> dict:
     over: dict = {}
     for text in sets:
-        over = _merge(over, parse_override(text))
+        over = deep_merge(over, parse_override(text))
     return over
 
 

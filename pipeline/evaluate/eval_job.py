@@ -4,32 +4,36 @@ report.md and plots. With a baseline and a minimum GAUC lift it doubles as the v
 scheduled job from pushing a worse model (both models are scored on the same records in the same job).
 
 The pipeline consumes SavedModels only (signature serving_default(examples) -> ctr, logit), never the
-models package. It runs on any Beam runner; locally the default is the in-process FnApiRunner.
+models package. It runs on any Beam runner; locally the default is the in-process FnApiRunner. Nothing goes
+through a local scratch folder: the partial results are combined inside the pipeline, which also writes
+OUT/metrics.json (pipeline.evaluate.eval_results); the driver then reads that one file back and adds report.md
+and the plots, all through Beam's FileSystems, so OUT may be gs:// or hdfs:// and the workers remote. Model
+paths are read with TensorFlow's file systems (common.fs), which the workers' tf.saved_model.load uses too.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import shutil
+import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from common import fs
 from feature_specs import SpecError, artifacts, load_spec, spec_hash
 from feature_specs.runtime import code_version
 from feature_specs.schema import FeatureSpec
+from pipeline import beam_files, beam_options
+from pipeline.beam_progress import ReportProgress, print_counters
 from pipeline.evaluate import eval_report
-from pipeline.evaluate.eval_transforms import DEFAULT_LOGIT_STEP, ComputeMetrics, ParseMeta, ToScored, TotalsFn
+from pipeline.evaluate.eval_results import WriteEvalMetrics
+from pipeline.evaluate.eval_transforms import DEFAULT_LOGIT_STEP, ComputeMetrics, ParseMeta, ToScored
 from pipeline.evaluate.model_source import ModelRef, ModelResolveError, SavedModelHandler, resolve_model, unique_labels
 
-LOCAL_RUNNER = "FnApiRunner"  # in-process; the plain DirectRunner may switch to Prism, which it downloads
 GATE_FAILED = 1
 BAD_INPUT = 2
 
@@ -38,8 +42,9 @@ def evaluate(model: str | Path, data_dir: str | Path, out_dir: str | Path, *, sp
              slice_feature: str | None = None, baseline: str | Path | None = None,
              min_gauc_lift: float | None = None, name: str | None = None, batch_size: int = 1024,
              logit_step: float = DEFAULT_LOGIT_STEP, calibration_bins: int = 10,
-             beam_args: list[str] | None = None, also: list[str | Path] | None = None) -> Path:
-    """Run the eval job and write EVAL_DIR/{metrics.json, report.md, *.png}; returns EVAL_DIR."""
+             beam_args: list[str] | None = None, also: list[str | Path] | None = None) -> str | Path:
+    """Run the eval job and write EVAL_DIR/{metrics.json, report.md, *.png}; returns EVAL_DIR (a Path when
+    local, the URL string otherwise)."""
     spec = load_spec(artifacts.spec_copy_path(data_dir))
     shards = artifacts.list_shards(data_dir, split)
     check_slice(spec, slice_feature)
@@ -54,26 +59,20 @@ def evaluate(model: str | Path, data_dir: str | Path, out_dir: str | Path, *, sp
     for other in also or ():  # more models scored on the same rows in the same pass (not part of the gate)
         refs += resolve_model(other, "reference")
     refs = unique_labels(refs)
-    warnings = spec_warnings(spec, refs)
-    out = Path(out_dir)
-    parts = out / "_parts"
-    shutil.rmtree(parts, ignore_errors=True)
-    parts.mkdir(parents=True)
+    out = beam_files.as_str(out_dir)
     options = pipeline_options(beam_args)
+    header = {"warnings": spec_warnings(spec, refs), "data_dir": beam_files.absolute(data_dir), "split": split,
+              "shards": len(shards), "spec": spec.name, "spec_hash": spec_hash(spec), "slice": slice_feature,
+              "code_version": code_version(), "created": None,  # stamped when the results are written
+              "settings": {"logit_step": logit_step, "calibration_bins": calibration_bins, "batch_size": batch_size,
+                           "runner": str(options.view_as(StandardOptions).runner)}}
     with beam.Pipeline(options=options) as p:
-        build_pipeline(p, spec, artifacts.shard_pattern(data_dir, split), refs, slice_feature, parts,
-                       batch_size, logit_step, calibration_bins)
-    doc = assemble(refs, read_jsonl(parts, "cuts"), read_jsonl(parts, "rejected"))
-    doc.update(warnings=warnings, data_dir=str(Path(data_dir).resolve()), split=split, shards=len(shards),
-               spec=spec.name, spec_hash=spec_hash(spec), slice=slice_feature, code_version=code_version(),
-               created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               settings={"logit_step": logit_step, "calibration_bins": calibration_bins, "batch_size": batch_size,
-                         "runner": str(options.view_as(StandardOptions).runner)})
-    if baseline is not None:
-        doc["gate"] = gate(doc, min_gauc_lift)
-    eval_report.write_report(doc, out)
-    shutil.rmtree(parts)
-    return out
+        build_pipeline(p, spec, artifacts.shard_pattern(data_dir, split), refs, slice_feature, batch_size,
+                       logit_step, calibration_bins,
+                       WriteEvalMetrics(refs, out, header, gated=baseline is not None, min_gauc_lift=min_gauc_lift))
+    print_counters(p.result, "eval")
+    eval_report.write_report(eval_report.read_metrics(out), out)
+    return beam_files.native(out)
 
 
 def check_slice(spec: FeatureSpec, slice_feature: str | None) -> None:
@@ -90,26 +89,26 @@ def spec_warnings(spec: FeatureSpec, refs: list[ModelRef]) -> list[str]:
     only the features it knows, so additive spec changes still score correctly)."""
     out = []
     for r in refs:
-        p = Path(r.run_dir) / "spec.yaml" if r.run_dir else None
-        if p is not None and p.is_file() and spec_hash(load_spec(p)) != spec_hash(spec):
+        p = fs.join(r.run_dir, "spec.yaml") if r.run_dir else None
+        if p is not None and fs.isfile(p) and spec_hash(load_spec(p)) != spec_hash(spec):
             out.append(f"{r.label}: trained with {p} (hash {spec_hash(load_spec(p))}), the data has spec "
                        f"{spec.name!r} (hash {spec_hash(spec)})")
     return out
 
 
 def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
-    options = PipelineOptions(list(beam_args or []))
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = LOCAL_RUNNER
-    return options
+    """No --runner: the local FnApiRunner in one process (one model load per model, small per-run data)."""
+    return beam_options.pipeline_options(beam_args or [], workers=1)
 
 
 def build_pipeline(p: beam.Pipeline, spec: FeatureSpec, pattern: str, refs: list[ModelRef],
-                   slice_feature: str | None, parts: Path, batch_size: int, logit_step: float,
-                   calibration_bins: int) -> None:
-    """Read -> parse label/weight/user/slice -> RunInference per model -> metrics -> JSON lines in `parts`."""
+                   slice_feature: str | None, batch_size: int, logit_step: float, calibration_bins: int,
+                   write: WriteEvalMetrics) -> beam.PCollection:
+    """Read -> parse label/weight/user/slice -> RunInference per model -> metrics per (model, cut) and
+    rejection counts -> `write` (the metrics.json document, written under the output path)."""
     parsed = (p
               | "Read" >> beam.io.ReadFromTFRecord(pattern, compression_type=CompressionTypes.GZIP)
+              | "Progress" >> beam.ParDo(ReportProgress("eval", "records"))  # a line per worker per interval
               | "ParseMeta" >> beam.ParDo(ParseMeta(spec.label.name, spec.group_key, spec.weight, slice_feature))
               .with_outputs(ParseMeta.REJECTED, main="ok"))
     scored, rejected = [], [parsed[ParseMeta.REJECTED]]
@@ -121,79 +120,14 @@ def build_pipeline(p: beam.Pipeline, spec: FeatureSpec, pattern: str, refs: list
                                                                                          main="ok"))
         scored.append(s.ok)
         rejected.append(s[ToScored.REJECTED])
-    (tuple(scored)
-     | "FlattenScored" >> beam.Flatten()
-     | "Metrics" >> ComputeMetrics(logit_step, calibration_bins)
-     | "CutsJson" >> beam.Map(json.dumps)
-     | "WriteCuts" >> beam.io.WriteToText(str(parts / "cuts"), file_name_suffix=".jsonl", num_shards=1))
-    (tuple(rejected)
-     | "FlattenRejected" >> beam.Flatten()
-     | "CountRejected" >> beam.combiners.Count.PerElement()
-     | "RejectedJson" >> beam.MapTuple(lambda k, n: json.dumps({"model": k[0], "reason": k[1], "count": n}))
-     | "WriteRejected" >> beam.io.WriteToText(str(parts / "rejected"), file_name_suffix=".jsonl", num_shards=1))
-
-
-def read_jsonl(parts: Path, prefix: str) -> list[dict]:
-    rows = []
-    for f in sorted(parts.glob(f"{prefix}*.jsonl")):
-        rows.extend(json.loads(line) for line in f.read_text().splitlines() if line.strip())
-    return rows
-
-
-def cut_metrics(row: dict | None) -> tuple[dict, dict]:
-    """(scalar metrics, curves) of one (model, cut) row from the job; an absent row means no impressions."""
-    row = row or {}
-    totals = row.get("totals") or TotalsFn().extract_output(TotalsFn().create_accumulator())
-    sweep = row.get("sweep") or {}
-    gauc = row.get("gauc") or {}
-    scalars = {**totals, "auc": sweep.get("auc"), "auc_max_bucket_error": sweep.get("auc_max_bucket_error"),
-               "score_buckets": sweep.get("score_buckets", 0), "gauc": gauc.get("gauc"),
-               "users_total": gauc.get("users_total", 0), "users_used": gauc.get("users_used", 0),
-               "impressions_used": gauc.get("impressions_used", 0), "weight_used": gauc.get("weight_used", 0.0)}
-    curves = {"roc": sweep.get("roc", []), "reliability": sweep.get("reliability", []),
-              "user_auc_hist": gauc.get("user_auc_hist", [])}
-    return scalars, curves
-
-
-def assemble(refs: list[ModelRef], cuts: list[dict], rejected: list[dict]) -> dict:
-    """The metrics.json document: per model its overall metrics, curves and slices, plus rejections."""
-    by_key = {(c["model"], c["cut"]): c for c in cuts}
-    models: dict[str, Any] = {}
-    for ref in refs:
-        scalars, curves = cut_metrics(by_key.get((ref.label, "all")))
-        slices = {c["cut"]: cut_metrics(c)[0] for c in cuts if c["model"] == ref.label and c["cut"] != "all"}
-        models[ref.label] = {**ref.to_json(), "metrics": scalars, "curves": curves,
-                             "slices": dict(sorted(slices.items()))}
-    rej: dict[str, dict[str, int]] = {}
-    for r in rejected:
-        rej.setdefault(r["model"], {})[r["reason"]] = r["count"]
-    return {"kind": eval_report.EVAL_KIND, "version": eval_report.EVAL_VERSION, "models": models, "rejected": rej}
-
-
-def served(doc: dict, role: str) -> str | None:
-    """The model of a role the gate judges: its light tower (the served one) when it has towers."""
-    labels = [k for k, m in doc["models"].items() if m["role"] == role]
-    light = [k for k in labels if doc["models"][k]["tower"] in (None, "light")]
-    return (light or labels or [None])[0]
-
-
-def gate(doc: dict, min_gauc_lift: float | None) -> dict:
-    """Candidate GAUC minus baseline GAUC against the required lift (no requirement: report only)."""
-    cand, base = served(doc, "candidate"), served(doc, "baseline")
-    g_c = doc["models"][cand]["metrics"]["gauc"] if cand else None
-    g_b = doc["models"][base]["metrics"]["gauc"] if base else None
-    lift = g_c - g_b if g_c is not None and g_b is not None else None
-    if min_gauc_lift is None:
-        passed, reason = True, "no --min-gauc-lift given: baseline scored for comparison only"
-    elif lift is None:
-        passed, reason = False, (f"GAUC undefined (candidate {g_c}, baseline {g_b}): no user has both clicks and "
-                                 f"non-clicks, or the spec has no group_key")
-    else:
-        passed = lift >= min_gauc_lift
-        reason = (f"GAUC lift {lift:+.6f} (candidate {cand} {g_c:.6f} - baseline {base} {g_b:.6f}) "
-                  f"{'>=' if passed else '<'} required {min_gauc_lift:+.6f}")
-    return {"candidate": cand, "baseline": base, "candidate_gauc": g_c, "baseline_gauc": g_b, "lift": lift,
-            "min_gauc_lift": min_gauc_lift, "passed": passed, "reason": reason}
+    cuts = (tuple(scored)
+            | "FlattenScored" >> beam.Flatten()
+            | "Metrics" >> ComputeMetrics(logit_step, calibration_bins))
+    counts = (tuple(rejected)
+              | "FlattenRejected" >> beam.Flatten()
+              | "CountRejected" >> beam.combiners.Count.PerElement()
+              | "RejectedRows" >> beam.MapTuple(lambda k, n: {"model": k[0], "reason": k[1], "count": n}))
+    return (cuts, counts) | "WriteMetrics" >> write
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -213,27 +147,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="AUC score-bucket width in logit units (0 = exact float32 keys); see metrics.json "
                         "auc_max_bucket_error")
     p.add_argument("--calibration-bins", type=int, default=10, help="equal-weight bins of the reliability table")
-    p.add_argument("--runner", default=LOCAL_RUNNER, help="Beam runner (other Beam options go after `--`)")
+    p.add_argument("--runner", help="Beam runner (default: the local FnApiRunner; DaskRunner, DataflowRunner, ...; "
+                   "other Beam options go after `--`)")
 
 
-def default_out(model: str) -> Path:
-    if (Path(model) / "config.json").is_file():
-        return Path(model) / "eval"
+def default_out(model: str | os.PathLike) -> str:
+    if fs.isfile(fs.join(model, "config.json")):
+        return fs.join(model, "eval")
     raise ValueError("--out is required unless --model is a training run dir (then RUN_DIR/eval is used)")
 
 
 def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
     """Run with parsed arguments; print a summary and the gate verdict. 0 ok, 1 gate refused, 2 bad input."""
     try:
-        out = Path(args.out) if args.out else default_out(args.model)
+        out = args.out or default_out(args.model)
         evaluate(args.model, args.data, out, split=args.split, slice_feature=args.slice_feature,
                  baseline=args.baseline, min_gauc_lift=args.min_gauc_lift, name=args.name,
                  batch_size=args.batch_size, logit_step=args.logit_step, calibration_bins=args.calibration_bins,
-                 beam_args=[f"--runner={args.runner}", *[a for a in beam_args if a != "--"]], also=args.also)
+                 beam_args=[*([f"--runner={args.runner}"] if args.runner else []), *beam_args], also=args.also)
     except (ModelResolveError, artifacts.ArtifactError, SpecError, ValueError) as e:
         print(f"rocketctr eval: {e}", file=sys.stderr)
         return BAD_INPUT
-    doc = json.loads((out / eval_report.METRICS_FILE).read_text())
+    doc = eval_report.read_metrics(out)
     print(eval_report.summary_table(doc))
     cal = eval_report.calibration_table(doc)
     if cal:
@@ -241,7 +176,8 @@ def run_from_args(args: argparse.Namespace, beam_args: list[str]) -> int:
         print(cal)
     for w in doc.get("warnings", []):
         print(f"warning: {w}", file=sys.stderr)
-    print(f"wrote {out / eval_report.METRICS_FILE} and {out / eval_report.REPORT_FILE}")
+    print(f"wrote {beam_files.join(out, eval_report.METRICS_FILE)} and "
+          f"{beam_files.join(out, eval_report.REPORT_FILE)}")
     g = doc.get("gate")
     if g is not None:
         print(f"gate {'PASSED' if g['passed'] else 'REFUSED'}: {g['reason']}",

@@ -1,10 +1,15 @@
-"""Write an eval's results: metrics.json (the machine-readable record `compare` reads), report.md for people,
-and PNG plots (ROC, calibration, per-user AUC histogram) rendered headless with matplotlib's Agg backend."""
+"""Write an eval's results: metrics.json (the machine-readable record `compare` reads; the pipeline writes it,
+pipeline.evaluate.eval_results), report.md for people, and PNG plots (ROC, calibration, per-user AUC histogram)
+rendered headless with matplotlib's Agg backend. Every file goes through Beam's FileSystems (pipeline.beam_files),
+so the eval folder may be local, gs:// or hdfs://."""
 
 from __future__ import annotations
 
+import io
 import json
-from pathlib import Path
+import os
+
+from pipeline import beam_files
 
 EVAL_KIND = "rocketctr-eval"  # metrics.json "kind": what `compare` accepts
 EVAL_VERSION = 1
@@ -46,14 +51,22 @@ def calibration_table(doc: dict) -> str | None:
     return "\n".join(lines)
 
 
-def write_report(doc: dict, out_dir: str | Path) -> Path:
-    """Write metrics.json, the plots and report.md into out_dir; returns the metrics.json path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / METRICS_FILE
-    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    plot_all(doc, out)
-    (out / REPORT_FILE).write_text(report_markdown(doc))
+def write_metrics(doc: dict, out_dir: str | os.PathLike) -> str:
+    """Publish out_dir/metrics.json (whole or not at all); returns its path."""
+    path = beam_files.join(out_dir, METRICS_FILE)
+    beam_files.publish_text(path, json.dumps(doc, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_metrics(out_dir: str | os.PathLike) -> dict:
+    return beam_files.read_json(beam_files.join(out_dir, METRICS_FILE))
+
+
+def write_report(doc: dict, out_dir: str | os.PathLike) -> str:
+    """Write the plots and report.md next to metrics.json; returns the report.md path."""
+    plot_all(doc, beam_files.as_str(out_dir))
+    path = beam_files.join(out_dir, REPORT_FILE)
+    beam_files.publish_text(path, report_markdown(doc))
     return path
 
 
@@ -101,7 +114,7 @@ def report_markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_all(doc: dict, out: Path) -> None:
+def plot_all(doc: dict, out: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,7 +128,7 @@ def plot_all(doc: dict, out: Path) -> None:
             auc = fmt(m["metrics"]["auc"], "{:.4f}")
             ax.plot([p[0] for p in roc], [p[1] for p in roc], label=f"{label} (AUC {auc})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    _finish(ax, "false positive rate", "true positive rate", "ROC", out / PLOTS["roc"], plt, fig)
+    _finish(ax, "false positive rate", "true positive rate", "ROC", beam_files.join(out, PLOTS["roc"]), plt, fig)
 
     fig, ax = plt.subplots(figsize=(5, 5))
     top = 0.0
@@ -126,8 +139,8 @@ def plot_all(doc: dict, out: Path) -> None:
             top = max(top, *xs, *ys)
             ax.plot(xs, ys, marker="o", label=label)
     ax.plot([0, top or 1], [0, top or 1], color="grey", linestyle=":")
-    _finish(ax, "mean predicted CTR (equal-weight bins)", "observed CTR", "Calibration", out / PLOTS["calibration"],
-            plt, fig)
+    _finish(ax, "mean predicted CTR (equal-weight bins)", "observed CTR", "Calibration",
+            beam_files.join(out, PLOTS["calibration"]), plt, fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, m in models.items():
@@ -135,15 +148,18 @@ def plot_all(doc: dict, out: Path) -> None:
         if hist:
             edges = [i / len(hist) for i in range(len(hist) + 1)]
             ax.stairs(hist, edges, label=f"{label} (GAUC {fmt(m['metrics']['gauc'], '{:.4f}')})")
-    _finish(ax, "per-user AUC", "users", "Per-user AUC (users with both classes)", out / PLOTS["user_auc"], plt, fig)
+    _finish(ax, "per-user AUC", "users", "Per-user AUC (users with both classes)",
+            beam_files.join(out, PLOTS["user_auc"]), plt, fig)
 
 
-def _finish(ax, xlabel: str, ylabel: str, title: str, path: Path, plt, fig) -> None:
+def _finish(ax, xlabel: str, ylabel: str, title: str, path: str, plt, fig) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    beam_files.publish_bytes(path, png.getvalue())

@@ -15,10 +15,12 @@ A cut is "all" or "<slice feature>=<value>". Scaling choices:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.metrics import Metrics
 
 from common import metrics
 
@@ -26,6 +28,7 @@ ALL = "all"
 MISSING = "<missing>"
 DEFAULT_LOGIT_STEP = 2.0 ** -14
 DATA = "<data>"  # the model label under which record-level rejections are counted
+COUNTERS = "rocketctr_eval"  # the Beam Metrics namespace of the eval job's counters
 
 
 class Meta(NamedTuple):
@@ -60,6 +63,8 @@ class ParseMeta(beam.DoFn):
     def __init__(self, label_key: str, group_key: str | None, weight_key: str | None, slice_key: str | None):
         self._keys = (label_key, group_key, weight_key, slice_key)
         self._parse = None
+        self._parsed = Metrics.counter(COUNTERS, "examples_parsed")
+        self._rejected = Metrics.counter(COUNTERS, "examples_rejected")
 
     def setup(self) -> None:
         from tensorflow.core.example import example_pb2
@@ -67,6 +72,11 @@ class ParseMeta(beam.DoFn):
         self._parse = example_pb2.Example.FromString
 
     def process(self, record: bytes):
+        for out in self._meta(record):
+            (self._rejected if isinstance(out, beam.pvalue.TaggedOutput) else self._parsed).inc()
+            yield out
+
+    def _meta(self, record: bytes):
         label_key, group_key, weight_key, slice_key = self._keys
         feats = self._parse(record).features.feature
         y = _one(feats[label_key], "float_list") if label_key in feats else None
@@ -102,6 +112,8 @@ class ToScored(beam.DoFn):
 
     def __init__(self, model: str, slice_name: str | None):
         self._model, self._slice = model, slice_name
+        self._scored = Metrics.counter(COUNTERS, "scores_accepted")
+        self._rejected = Metrics.counter(COUNTERS, "scores_rejected")
 
     def process(self, element):
         meta, pred = element
@@ -109,64 +121,72 @@ class ToScored(beam.DoFn):
         raw = rest[0] if rest else None
         if not (math.isfinite(ctr) and math.isfinite(logit)) or not 0.0 <= ctr <= 1.0 \
                 or (raw is not None and not math.isfinite(raw)):
+            self._rejected.inc()
             yield beam.pvalue.TaggedOutput(self.REJECTED, (self._model, "score not finite or ctr outside [0, 1]"))
             return
+        self._scored.inc()
         row = Scored(logit, ctr, meta.label, meta.weight, meta.group, raw)
         yield (self._model, ALL), row
         if self._slice is not None:
             yield (self._model, f"{self._slice}={meta.slice}"), row
 
 
-def _logloss(ctr: float, label: float) -> float:
-    p = min(max(ctr, metrics.LOGLOSS_EPS), 1.0 - metrics.LOGLOSS_EPS)
-    return -math.log(p) if label else -math.log1p(-p)
+@dataclass
+class Totals:
+    """TotalsFn's accumulator: common.metrics.CtrSums of the served CTR and of the uncalibrated logit's CTR (rows
+    that carry one), plus rows pending in a buffer so the sums are added in numpy batches, not row by row."""
 
+    served: metrics.CtrSums = field(default_factory=metrics.CtrSums)
+    raw: metrics.CtrSums = field(default_factory=metrics.CtrSums)
+    no_group: int = 0
+    pending: list = field(default_factory=list)  # (ctr, label, weight, raw logit or NaN)
 
-def _sigmoid(z: float) -> float:
-    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+    def flush(self) -> "Totals":
+        if self.pending:
+            ctr, y, w, raw = np.asarray(self.pending, dtype=np.float64).T
+            self.served.add(ctr, y, w)
+            has_raw = ~np.isnan(raw)
+            if has_raw.any():
+                self.raw.add(metrics.sigmoid(raw[has_raw]), y[has_raw], w[has_raw])
+            self.pending = []
+        return self
 
 
 class TotalsFn(beam.CombineFn):
     """Impressions, weight, clicks, predicted CTR and logloss sums -> scalar metrics; the same CTR and logloss
     sums of the uncalibrated logit when the model exports it (calibration and logloss before calibration)."""
 
-    SIZE = 10
+    BATCH = 4096  # rows buffered before they are added to the sums in one numpy pass
 
-    def create_accumulator(self):
-        # n, w, w*y, w*p, w*logloss, n without group; over the rows with a raw logit: w, w*y, w*p_raw, w*logloss_raw
-        return [0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0.0, 0.0, 0.0]
+    def create_accumulator(self) -> Totals:
+        return Totals()
 
-    def add_input(self, acc, row: Scored):
-        acc[0] += 1
-        acc[1] += row.weight
-        acc[2] += row.weight * row.label
-        acc[3] += row.weight * row.ctr
-        acc[4] += row.weight * _logloss(row.ctr, row.label)
-        acc[5] += row.group == ""
-        if row.logit_uncalibrated is not None:
-            p = _sigmoid(row.logit_uncalibrated)
-            acc[6] += row.weight
-            acc[7] += row.weight * row.label
-            acc[8] += row.weight * p
-            acc[9] += row.weight * _logloss(p, row.label)
-        return acc
+    def add_input(self, acc: Totals, row: Scored) -> Totals:
+        raw = math.nan if row.logit_uncalibrated is None else row.logit_uncalibrated
+        acc.pending.append((row.ctr, row.label, row.weight, raw))
+        acc.no_group += row.group == ""
+        return acc.flush() if len(acc.pending) >= self.BATCH else acc
 
-    def merge_accumulators(self, accs):
-        accs = list(accs)
-        return [sum(a[i] for a in accs) for i in range(self.SIZE)] if accs else self.create_accumulator()
+    def merge_accumulators(self, accs) -> Totals:
+        out = Totals()
+        for a in accs:
+            a.flush()
+            out.served.merge(a.served)
+            out.raw.merge(a.raw)
+            out.no_group += a.no_group
+        return out
 
-    def extract_output(self, acc) -> dict:
-        n, w, wy, wp, wll, no_group, rw, rwy, rwp, rwll = acc
-        observed = wy / w if w > 0 else None
-        predicted = wp / w if w > 0 else None
-        raw_predicted = rwp / rw if rw > 0 else None
-        return {"impressions": n, "weight": w, "clicks": wy, "ctr_observed": observed, "ctr_predicted": predicted,
-                "calibration": metrics.calibration_ratio(predicted, observed),
-                "logloss": wll / w if w > 0 else None, "impressions_no_group": no_group,
+    def compact(self, acc: Totals) -> Totals:
+        return acc.flush()  # what crosses the shuffle is the sums, not the buffered rows
+
+    def extract_output(self, acc: Totals) -> dict:
+        s, r = acc.flush().served, acc.raw
+        return {"impressions": s.rows, "weight": s.weight, "clicks": s.clicks, "ctr_observed": s.observed_ctr,
+                "ctr_predicted": s.predicted_ctr, "calibration": s.calibration, "logloss": s.logloss,
+                "impressions_no_group": acc.no_group,
                 # before calibration (the model's logit_uncalibrated output; None when it has none)
-                "ctr_predicted_uncalibrated": raw_predicted,
-                "calibration_uncalibrated": metrics.calibration_ratio(raw_predicted, rwy / rw if rw > 0 else None),
-                "logloss_uncalibrated": rwll / rw if rw > 0 else None}
+                "ctr_predicted_uncalibrated": r.predicted_ctr, "calibration_uncalibrated": r.calibration,
+                "logloss_uncalibrated": r.logloss}
 
 
 def bucket_key(logit: float, step: float) -> float | int:

@@ -5,19 +5,22 @@ serving_default(examples: tf.string [N]) -> {"ctr": [N], "logit": [N]}, plus an 
 [N] (the tower's raw logit in rocketctr exports), from which the job reports calibration before/after.
 Beam's stock TFModelHandlerTensor loads with tf.keras.models.load_model and stacks tensors into one positional
 argument, which fits neither a plain tf.Module export nor a keyword string signature, so a small handler calls
-the signature directly.
+the signature directly. Model paths may be local or any URL TensorFlow's file systems read (gs://, hdfs://,
+ram://): they are checked with common.fs in the driver and loaded with tf.saved_model.load on the workers.
 """
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from common import fs
+from common.versions import newest_version
 
 SIGNATURE = "serving_default"
 UNCALIBRATED = "logit_uncalibrated"  # optional output: the raw logit before the served calibration
@@ -47,48 +50,49 @@ class ModelRef:
                 "seed": self.seed, "mode": self.mode, "run_dir": self.run_dir}
 
 
-def is_saved_model(p: Path) -> bool:
-    return (p / "saved_model.pb").is_file()
+def is_saved_model(p: str | os.PathLike) -> bool:
+    return fs.isfile(fs.join(p, "saved_model.pb"))
 
 
-def resolve_model(arg: str | Path, role: str = "candidate", name: str | None = None) -> list[ModelRef]:
+def resolve_model(arg: str | os.PathLike, role: str = "candidate", name: str | None = None) -> list[ModelRef]:
     """A version folder -> one model; a base folder of numeric versions -> its newest version;
     a run dir (config.json) -> its towers/light and towers/booster exports (those present)."""
-    p = Path(arg)
-    if not p.exists():
+    p = fs.absolute(arg)
+    if not fs.exists(p):
         raise ModelResolveError(f"model {arg}: no such file or directory")
     if is_saved_model(p):
-        label = name or f"{p.parent.name}/{p.name}"
-        return [ModelRef(label=label, path=str(p.resolve()), role=role, group=name or p.parent.name)]
-    versions = sorted((int(c.name), c) for c in p.iterdir() if c.name.isdigit() and is_saved_model(c)) \
-        if p.is_dir() else []
-    if versions:
-        return resolve_model(versions[-1][1], role, name)
-    if (p / "config.json").is_file():
+        folder = fs.basename(fs.parent(p))
+        label = name or f"{folder}/{fs.basename(p)}"
+        return [ModelRef(label=label, path=p, role=role, group=name or folder)]
+    newest = newest_version(p)  # published versions only (saved_model.pb + marker): common.versions
+    if newest:
+        return resolve_model(newest[1], role, name)
+    if fs.isfile(fs.join(p, "config.json")):
         return _run_towers(p, role, name)
     raise ModelResolveError(f"model {arg}: expected a SavedModel version folder (with saved_model.pb), a folder of "
                             f"numeric versions, or a training run dir (with config.json and towers/)")
 
 
-def _run_towers(run_dir: Path, role: str, name: str | None) -> list[ModelRef]:
+def _run_towers(run_dir: str | os.PathLike, role: str, name: str | None) -> list[ModelRef]:
     info = read_run_info(run_dir)
-    setup = name or info.get("name") or run_dir.name
-    refs = [ModelRef(label=f"{name or run_dir.name}/{t}", path=str((run_dir / "towers" / t).resolve()), role=role,
+    run_name = fs.basename(fs.absolute(run_dir))
+    setup = name or info.get("name") or run_name
+    refs = [ModelRef(label=f"{name or run_name}/{t}", path=fs.absolute(fs.join(run_dir, "towers", t)), role=role,
                      group=f"{setup}/{t}", tower=t, seed=info.get("seed"), mode=info.get("mode"),
-                     run_dir=str(run_dir.resolve()), info=info)
-            for t in TOWER_NAMES if is_saved_model(run_dir / "towers" / t)]
+                     run_dir=fs.absolute(run_dir), info=info)
+            for t in TOWER_NAMES if is_saved_model(fs.join(run_dir, "towers", t))]
     if not refs:
         raise ModelResolveError(f"model {run_dir}: a run dir but neither towers/light nor towers/booster holds a "
                                 f"SavedModel (saved_model.pb); has training finished?")
     return refs
 
 
-def read_run_info(run_dir: Path) -> dict[str, Any]:
+def read_run_info(run_dir: str | os.PathLike) -> dict[str, Any]:
     """name / mode / seed from RUN_DIR/config.json (the resolved RunConfig, top level or under "config")."""
-    p = run_dir / "config.json"
+    p = fs.join(run_dir, "config.json")
     try:
-        doc = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        doc = fs.read_json(p)
+    except Exception as e:  # noqa: BLE001 - unreadable (whatever the file system raises) or not JSON
         raise ModelResolveError(f"{p}: cannot read the run config: {e}") from None
     cfg = doc.get("config", doc) if isinstance(doc, dict) else {}
     train = cfg.get("train", {}) if isinstance(cfg, dict) else {}

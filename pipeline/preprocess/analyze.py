@@ -21,7 +21,7 @@ from feature_specs.numeric import pre_transform
 
 from feature_specs.schema import FeatureSpec
 from pipeline.preprocess.counting import global_value
-from pipeline.preprocess.record_layout import FieldPlan
+from pipeline.preprocess.record_layout import RecordLayout
 
 LABEL_KEY = "\x00label"  # moments of the label: count = train rows, mean = label rate
 VOCAB, NUMERIC = "vocab", "numeric"
@@ -87,19 +87,18 @@ class SummarizeBundle(beam.DoFn):
 
     BATCH = 4096
 
-    def __init__(self, layout: Sequence[FieldPlan]):
+    def __init__(self, layout: RecordLayout):
         self._vocab = []      # (record index, owner, is_sequence)
         self._numeric = []    # (record index, name, bucketize tag or None)
         self._features = {}   # numeric name -> Feature (stats describe numeric.pre_transform of the value)
-        for i, fp in enumerate(layout):
-            f = fp.feature
-            if fp.role == "label":
+        for i, (rf, f) in enumerate(zip(layout.fields, layout.features)):  # positions as the layout assigns them
+            if rf.role == "label":
                 self._numeric.append((i, LABEL_KEY, None))
             elif f is not None and f.kind == "numeric":
                 self._numeric.append((i, f.name, f"q:{f.name}" if f.transform == "bucketize" else None))
                 self._features[f.name] = f
             elif f is not None and not f.is_hashed:
-                self._vocab.append((i, f.vocab_owner, f.kind == "sequence"))
+                self._vocab.append((i, f.vocab_owner, rf.varlen))
 
     def start_bundle(self):
         self._buffer: list = []
@@ -166,9 +165,9 @@ class AnalyzeTrain(beam.PTransform):
     """train records -> {"vocab": (owner, [(token, count)]), "numeric": (name, moments),
     "boundaries": (name, boundaries)}."""
 
-    def __init__(self, spec: FeatureSpec, layout: Sequence[FieldPlan]):
+    def __init__(self, spec: FeatureSpec, layout: RecordLayout):
         super().__init__()
-        self._spec, self._layout = spec, tuple(layout)
+        self._spec, self._layout = spec, layout
 
     def expand(self, records):
         spec = self._spec

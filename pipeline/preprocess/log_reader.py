@@ -6,11 +6,9 @@ the reader). gzip/bzip2 are handled by file extension; a single-member .zip side
 
 from __future__ import annotations
 
-import bz2
 import csv
 import io
 import zipfile
-import zlib
 from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
@@ -18,6 +16,7 @@ from apache_beam.coders import BytesCoder
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from common import compression
 from feature_specs.schema import InputFormat, SideTable
 
 
@@ -71,40 +70,19 @@ def check_headers(files: Sequence[str], fmt: InputFormat) -> None:
                              f"(delimiter {fmt.delimiter!r})")
 
 
-def _decompressor(path: str):
-    if path.endswith(".gz"):
-        return "gzip", lambda: zlib.decompressobj(zlib.MAX_WBITS | 16)
-    if path.endswith(".bz2"):
-        return "bzip2", bz2.BZ2Decompressor
-    return None, None
-
-
 def is_compressed(path: str) -> bool:
-    return _decompressor(path)[0] is not None
+    return compression.kind_of(path) is not None
 
 
 def compressed_stream_error(path: str, chunk_bytes: int = 1 << 16) -> str | None:
-    """Why a .gz/.bz2 file does not decompress to its end-of-stream marker, or None when it does.
-
-    Beam's text reader stops silently where a truncated stream ends, so the rows after the cut would vanish
-    without a count; this streams the file once (bounded memory, concatenated members allowed) to catch it."""
-    kind, new = _decompressor(path)
+    """Why a .gz/.bz2 file does not decompress to its end-of-stream marker, or None when it does (or it is not
+    compressed). Beam's text reader stops silently where a truncated stream ends, so the rows after the cut would
+    vanish without a count (common.compression, read through Beam's FileSystems)."""
+    kind = compression.kind_of(path)
     if kind is None:
         return None
-    d = new()
-    try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-            while chunk := fh.read(chunk_bytes):
-                while chunk:
-                    if d.eof:  # the next member of a concatenated file
-                        d = new()
-                    d.decompress(chunk)
-                    chunk = d.unused_data if d.eof else b""
-    except Exception as e:  # noqa: BLE001 - any read or decompression failure means a corrupt input
-        return f"corrupt {kind} stream ({type(e).__name__}: {e})"
-    if not d.eof:
-        return f"{kind} stream ends before its end-of-stream marker (truncated file?)"
-    return None
+    return compression.stream_error(
+        lambda: FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED), kind, chunk_bytes)
 
 
 class VerifyCompressedInputs(beam.DoFn):

@@ -16,7 +16,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipeline.preprocess.counting import global_value
-from pipeline.preprocess.record_layout import FieldPlan
+from pipeline.preprocess.record_layout import RecordLayout
 from pipeline.preprocess.train_eval_split import hash_fraction
 
 SALT = "negative_sampling"
@@ -30,7 +30,7 @@ def sampling_seed(split_seed: int) -> str:
 
 
 def row_key(record: Sequence) -> str:
-    """A canonical text of a validated record (values in layout order): stable across processes and Python
+    """A canonical text of a validated record (values in record_layout's order): stable across processes and Python
     versions (str of str/float/int, tuples joined), unlike repr of arbitrary unicode or hash()."""
     parts = []
     for v in record:
@@ -46,11 +46,6 @@ def row_key(record: Sequence) -> str:
 def keep_negative(seed: str, record: Sequence, rate: float) -> bool:
     """Whether a negative record survives down-sampling at `rate` (probability `rate`, deterministically)."""
     return rate >= 1.0 or hash_fraction(seed, row_key(record)) < rate
-
-
-def label_position(layout: Sequence[FieldPlan]) -> int:
-    """Index of the label in a record tuple (records follow the layout's order)."""
-    return next(i for i, fp in enumerate(layout) if fp.role == "label")
 
 
 def sampling_rule(rate: float, split_seed: int) -> dict:
@@ -70,10 +65,10 @@ class SampleNegatives(beam.DoFn):
 
     COUNTS = "counts"
 
-    def __init__(self, layout: Sequence[FieldPlan], rate: float, split_seed: int, split: str = "train"):
+    def __init__(self, layout: RecordLayout, rate: float, split_seed: int, split: str = "train"):
         if not 0.0 < rate <= 1.0:
             raise ValueError(f"negative_sampling_rate must be in (0, 1], got {rate}")
-        self._label, self._rate, self._seed, self._split = label_position(layout), rate, sampling_seed(
+        self._label, self._rate, self._seed, self._split = layout.role("label"), rate, sampling_seed(
             split_seed), split
         self._dropped = self._kept = 0
         self._dropped_counter = Metrics.counter("rocketctr", "negatives_dropped")

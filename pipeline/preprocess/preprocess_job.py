@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -21,20 +20,22 @@ from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from feature_specs import runtime
-from feature_specs.artifacts import SHARD_SUFFIX, shard_prefix
+from feature_specs.artifacts import ARTIFACT_VERSION, SHARD_SUFFIX, shard_prefix
 from feature_specs.loader import load_spec, resolved_text, spec_hash
 from feature_specs.schema import FeatureSpec
-from pipeline.preprocess import publish
+from pipeline import beam_files, beam_options
+from pipeline.beam_progress import ReportProgress, counter_totals, print_counters
+from pipeline.preprocess import manifest
 from pipeline.preprocess.analyze import AnalyzeTrain
 from pipeline.preprocess.counting import CountKeys, constant_key
 from pipeline.preprocess.encode import EncodeExamples
 from pipeline.preprocess.log_reader import ReadRawLines, VerifyCompressedInputs, check_headers, expand_inputs, is_compressed, \
     side_table_path
 from pipeline.preprocess.join import COGROUP, SIDE_INPUT, JoinSideTable, ReadSideTable, appended_columns
-from pipeline.preprocess.record_layout import FieldPlan, record_layout
+from pipeline.preprocess.record_layout import RecordLayout, record_layout
+from pipeline.preprocess.staged_artifacts import WriteStagedArtifacts
 from pipeline.preprocess.tfrecord_sink import WriteGzipTFRecords
 from pipeline.preprocess.negative_sampling import DROPPED, KEPT_NEGATIVES, SampleNegatives, sampling_rule
 from pipeline.preprocess.train_eval_split import EVAL, TRAIN, AssignSplit
@@ -42,7 +43,6 @@ from pipeline.preprocess.validate import REJECTED, ParseAndValidateLines, ParseL
 
 COUNTS = "counts"
 
-DEFAULT_RUNNER_ARGS = ("--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2")
 SIDE_INPUT_MAX_BYTES = 256 << 20
 
 
@@ -55,7 +55,7 @@ class JobPlan:
     """Everything the pipeline graph is built from (resolved in the driver before anything runs)."""
 
     spec: FeatureSpec
-    layout: tuple[FieldPlan, ...]
+    layout: RecordLayout
     patterns: tuple[str, ...]
     files: tuple[str, ...]
     side_paths: tuple[str, ...]
@@ -72,7 +72,8 @@ def _reason_key(rejected_json: str) -> tuple:
 def build_pipeline(p: beam.Pipeline, plan: JobPlan) -> None:
     """Add the whole job to `p` (no side effects until the pipeline runs)."""
     spec, out = plan.spec, plan.output_dir
-    lines = p | "ReadLines" >> ReadRawLines(plan.patterns, spec.format.header)
+    lines = (p | "ReadLines" >> ReadRawLines(plan.patterns, spec.format.header)
+             | "Progress" >> beam.ParDo(ReportProgress("preprocess", "lines")))  # a line per worker per interval
     validate = ValidateRows(spec, plan.layout, plan.max_field_chars)
     if not spec.side_tables:  # one DoFn per row on the common path
         valid = lines | "ParseAndValidate" >> beam.ParDo(ParseAndValidateLines(
@@ -110,14 +111,14 @@ def build_pipeline(p: beam.Pipeline, plan: JobPlan) -> None:
                                                                   plan.num_shards)
     all_rejected = tuple(rejected) | "FlattenRejected" >> beam.Flatten()
     all_rejected | "WriteRejected" >> beam.io.WriteToText(
-        publish.join(out, "rejected", "rejected"), file_name_suffix=".jsonl")
+        beam_files.join(out, "rejected", "rejected"), file_name_suffix=".jsonl")
     counts.append(all_rejected | "CountRejected" >> CountKeys(_reason_key))
     all_counts = tuple(counts) | "FlattenCounts" >> beam.Flatten() | "SumCounts" >> beam.CombinePerKey(sum)
     analysis = parts[TRAIN] | "Analyze" >> AnalyzeTrain(spec, plan.layout)  # what the model trains on
     (p | "Once" >> beam.Create([None])
      | "WriteStaged" >> beam.ParDo(
-         publish.WriteStaged(publish.join(out, publish.STAGING), [f.name for f in spec.vocab_features],
-                             [f.name for f in spec.by_kind("numeric")]),
+         WriteStagedArtifacts(manifest.staging_dir(out), [f.name for f in spec.vocab_features],
+                              [f.name for f in spec.by_kind("numeric")]),
          vocab=beam.pvalue.AsDict(analysis["vocab"]), numeric=beam.pvalue.AsDict(analysis["numeric"]),
          boundaries=beam.pvalue.AsDict(analysis["boundaries"]), counts=beam.pvalue.AsDict(all_counts),
          rule=beam.pvalue.AsSingleton(splits["rule"])))
@@ -137,14 +138,6 @@ def _join_method(path: str, choice: str) -> str:
         return choice
     size = FileSystems.match([path])[0].metadata_list[0].size_in_bytes
     return SIDE_INPUT if size <= SIDE_INPUT_MAX_BYTES else COGROUP
-
-
-def beam_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """The user's Beam options; without --runner, the local FnApiRunner with 2 worker processes."""
-    args = list(beam_args)
-    if not any(a.startswith("--runner") for a in args):
-        args = [*DEFAULT_RUNNER_ARGS, *args]
-    return PipelineOptions(args)
 
 
 def check_accounting(counts: dict, max_bad_fraction: float) -> dict:
@@ -183,10 +176,10 @@ def check_accounting(counts: dict, max_bad_fraction: float) -> dict:
 def preprocess(spec: FeatureSpec | str, inputs: str | Sequence[str], output_dir: str, *,
                max_bad_fraction: float = 0.01, beam_args: Sequence[str] = (), delimiter: str | None = None,
                header: bool | None = None, num_shards: int = 0, join: str = "auto",
-               max_field_chars: int = 65536, overwrite: bool = False) -> Path:
+               max_field_chars: int = 65536, overwrite: bool = False) -> str | Path:
     """Run the job; returns the output folder (finished: manifest.json written) or raises PreprocessError."""
     spec = load_spec(spec) if isinstance(spec, str) else spec
-    spec_text = resolved_text(spec.path) if Path(spec.path).is_file() else publish.read_text(spec.path)
+    spec_text = resolved_text(spec.path) if Path(spec.path).is_file() else beam_files.read_text(spec.path)
     overrides = {k: v for k, v in (("delimiter", delimiter), ("header", header)) if v is not None}
     spec = _override_format(spec, delimiter, header)
     patterns = (inputs,) if isinstance(inputs, str) else tuple(inputs)
@@ -198,54 +191,41 @@ def preprocess(spec: FeatureSpec | str, inputs: str | Sequence[str], output_dir:
             raise PreprocessError(f"side table {t.name!r}: {path} does not exist (file is relative to the main "
                                   f"input's folder)")
     out = str(output_dir).rstrip("/")
-    if publish.previous_outputs(out):
+    if manifest.previous_outputs(out):
         if not overwrite:
             raise PreprocessError(f"{out} already holds preprocessing output; pass --overwrite to replace it")
-        publish.clear_outputs(out)
+        manifest.clear_outputs(out)
     plan = JobPlan(spec, record_layout(spec), patterns, tuple(files), side_paths,
                    tuple(_join_method(pth, join) for pth in side_paths), out, num_shards, max_field_chars)
-    options = beam_options(beam_args)
+    options = beam_options.pipeline_options(beam_args)  # no --runner: local FnApiRunner, 2 processes
     started = dt.datetime.now(dt.timezone.utc)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, plan)
     result = pipeline.run()
     result.wait_until_finish()
-    staging = publish.join(out, publish.STAGING)
-    counts = json.loads(publish.read_text(publish.join(staging, "counts.json")))
-    summary = check_accounting(counts, max_bad_fraction)
-    publish.promote(out, [f.name for f in spec.vocab_features])
-    publish.write_text(publish.join(out, "spec.yaml"), spec_text)
-    manifest = {
-        "artifact_version": publish.ARTIFACT_VERSION, "spec": spec.name, "spec_path": spec.path,
+    print_counters(result, "preprocess")
+    summary = check_accounting(manifest.read_staged_json(out, manifest.COUNTS), max_bad_fraction)
+    split_rule = manifest.read_staged_json(out, manifest.SPLIT_RULE)
+    manifest.promote(out, [f.name for f in spec.vocab_features])
+    manifest.publish_spec(out, spec_text)
+    record = {
+        "artifact_version": ARTIFACT_VERSION, "spec": spec.name, "spec_path": spec.path,
         "spec_hash": spec_hash(spec), "format_overrides": overrides, "code_version": runtime.code_version(),
         "inputs": {"patterns": list(patterns), "files": list(files),
                    "side_tables": {t.name: {"file": pth, "join": m} for t, pth, m in
                                    zip(spec.side_tables, side_paths, plan.join_methods)}},
         "rows": summary, "max_bad_fraction": max_bad_fraction,
-        "split": json.loads(publish.read_text(publish.join(staging, "split.json"))),
+        "split": split_rule,
         "negative_sampling": {**sampling_rule(spec.negative_sampling_rate, spec.split.seed),
                               "negatives_dropped": summary["sampled_out"].get(TRAIN, 0),
                               "negatives_kept": summary["negatives_kept"].get(TRAIN)},
-        "shards": {s: sorted(m.path for m in FileSystems.match([shard_prefix(out, s) + "-*" + SHARD_SUFFIX])[0]
-                             .metadata_list) for s in (TRAIN, EVAL)},
+        "shards": {s: beam_files.match(shard_prefix(out, s) + "-*" + SHARD_SUFFIX) for s in (TRAIN, EVAL)},
         "beam_options": options.get_all_options(drop_default=True),
-        "metrics": _counters(result),
+        "metrics": counter_totals(result),  # monitoring view; `rows` come from the pipeline's own counts
         "started_at": started.isoformat(), "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
-    publish.write_manifest(out, manifest)
-    return Path(out)
-
-
-def _counters(result) -> dict:
-    """Beam Metrics counters (monitoring view; the manifest's `rows` come from the pipeline's own counts)."""
-    try:
-        res = result.metrics().query()
-    except Exception:  # noqa: BLE001 - some runners do not report metrics; the manifest still has `rows`
-        return {}
-    out: dict[str, int] = {}
-    for c in res.get("counters", []):
-        out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(c.committed or c.attempted or 0)
-    return dict(sorted(out.items()))
+    manifest.write_manifest(out, record)
+    return beam_files.native(out)
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
@@ -275,7 +255,7 @@ def run_from_args(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
     except (PreprocessError, ValueError) as e:
         print(f"preprocess failed: {e}", file=sys.stderr)
         return 1
-    m = json.loads(publish.read_text(publish.join(str(out), "manifest.json")))
+    m = beam_files.read_json(beam_files.join(out, manifest.MANIFEST))
     rows = m["rows"]
     sampled = rows.get("sampled_out", {}).get("train")
     note = "" if sampled is None else (f", {sampled} train negatives sampled out (negative_sampling_rate "

@@ -27,7 +27,7 @@ def hash_fraction(seed: int | str, key: str) -> float:
     return int.from_bytes(digest, "big") / 2.0 ** 64
 
 
-class _Token:
+class SplitToken:
     """(group, raw line, timestamp) -> the number the split rule compares: a hash fraction or a timestamp."""
 
     def __init__(self, split: Split):
@@ -39,10 +39,6 @@ class _Token:
         if self.method == "hash_row":
             return hash_fraction(self.seed, text)
         return ts
-
-
-def split_token_fn(split: Split) -> _Token:
-    return _Token(split)
 
 
 def time_cutoff(minute_counts: Mapping[int, int], split: Split) -> int:

@@ -16,8 +16,8 @@ import apache_beam as beam
 from feature_specs.schema import FeatureSpec
 from pipeline.preprocess.counting import global_value
 from pipeline.preprocess.log_reader import split_fields
-from pipeline.preprocess.record_layout import WIRE_BYTES, WIRE_FLOAT, WIRE_INT64, FieldPlan, record_group
-from pipeline.preprocess.train_eval_split import split_token_fn
+from pipeline.preprocess.record_layout import BYTES, BYTES_LIST, FLOAT, INT64, RecordLayout, kind_of, tuple_getter
+from pipeline.preprocess.train_eval_split import SplitToken
 
 REJECTED = "rejected"
 REASONS: tuple[str, ...] = (
@@ -80,34 +80,48 @@ class LineParser:
 
 
 class RowConverter:
-    """joined string fields -> (split token, record tuple in layout order).
+    """joined string fields -> (split token, record tuple in `layout` order).
 
-    The layout is grouped by encoding (single strings, floats, sequences, int64s; see layout.record_layout),
-    so each group is converted by a list comprehension; a failure re-checks field by field for the reason."""
+    The converter fills the record kinds it knows how to parse from text (single strings, single floats, string
+    lists, single int64s); the layout groups them in that order (record_layout.KIND_ORDER), so each kind is
+    converted by one list comprehension and the record is their concatenation. A failure re-checks field by
+    field for the reason."""
 
-    def __init__(self, spec: FeatureSpec, layout: Sequence[FieldPlan], max_field_chars: int):
+    FILLS = (BYTES, FLOAT, BYTES_LIST, INT64)  # a prefix of KIND_ORDER: the record is their concatenation
+
+    def __init__(self, spec: FeatureSpec, layout: RecordLayout, max_field_chars: int):
         self.columns = spec.all_columns
         self.missing = frozenset(spec.format.missing_values)
         self.max_field_chars = max_field_chars
+        self.joined = bool(spec.side_tables)  # side-table columns appended: fields not all from the line's text
         self.label = spec.label
         self.group_col = self.columns.index(spec.group_key) if spec.group_key else None
         self.needs_ts = spec.split.method.startswith("time")
-        self.split_token = split_token_fn(spec.split)
-        layout = tuple(layout)
-        self.str_cols = [fp.column for fp in layout if fp.wire == WIRE_BYTES and not fp.varlen]
-        self.int_pos = [i for i, fp in enumerate(layout[:len(self.str_cols)])
-                        if fp.feature is not None and fp.feature.dtype == "int"]
-        floats = [fp for fp in layout if fp.wire == WIRE_FLOAT]
-        self.float_cols = [fp.column for fp in floats]
-        self.label_pos = next(i for i, fp in enumerate(floats) if fp.role == "label")
-        self.seqs = [(fp.column, fp.feature.delimiter, fp.feature.max_length, fp.feature.dtype == "int")
-                     for fp in layout if fp.varlen]
-        self.ts_col = next((fp.column for fp in layout if fp.wire == WIRE_INT64), None)
-        if list(layout) != sorted(layout, key=record_group):
-            raise ValueError("layout is not grouped: use layout.record_layout()")
+        self.split_token = SplitToken(spec.split)
+        for rf in layout.fields:
+            if kind_of(rf) not in self.FILLS:
+                raise ValueError(f"record field {rf.key!r}: RowConverter cannot parse a {rf.wire} "
+                                 f"{'list' if rf.varlen else 'value'} from text (it fills {self.FILLS})")
+        spans = [layout.kind(k) for k in self.FILLS]
+        if [i for r in spans for i in r] != list(range(len(layout))):
+            raise ValueError(f"record fields are not grouped in the order {self.FILLS}: use record_layout()")
+        strs, floats, seqs, ints = ([(layout.fields[i], layout.columns[i], layout.features[i]) for i in r]
+                                    for r in spans)
+        self.str_cols = [col for _, col, _ in strs]
+        self.int_pos = [i for i, (_, _, f) in enumerate(strs) if f is not None and f.dtype == "int"]
+        self.float_cols = [col for _, col, _ in floats]
+        self._get_strs, self._get_floats = tuple_getter(self.str_cols), tuple_getter(self.float_cols)
+        if layout.role("label") is None:
+            raise ValueError(f"the record layout {layout.keys} has no label field")
+        self.label_pos = layout.role("label") - spans[1].start
+        self.seqs = [(col, f.delimiter, rf.max_length, f.dtype == "int") for rf, col, f in seqs]
+        self.int_cols = [(col, rf.role == "timestamp") for rf, col, _ in ints]
+        ts = layout.role("timestamp")
+        self.ts_pos = None if ts is None else ts - spans[3].start
 
     def convert(self, fields: Sequence[str], text: str) -> tuple[float, tuple]:
-        if self.max_field_chars and max(map(len, fields)) > self.max_field_chars:
+        limit = self.max_field_chars  # a field split from `text` is no longer than it: one len() suffices
+        if limit and (self.joined or len(text) > limit) and max(map(len, fields)) > limit:
             i = max(range(len(fields)), key=lambda j: len(fields[j]))
             raise Reject("oversized_field", f"column {self.columns[i]!r} has {len(fields[i])} characters "
                          f"(limit {self.max_field_chars})")
@@ -117,14 +131,13 @@ class RowConverter:
             group = fields[self.group_col].strip()
             if group in missing:
                 raise Reject("missing_group_key", f"group key column {self.columns[self.group_col]!r} is empty")
-        strs = [fields[c].strip() for c in self.str_cols]
-        strs = [None if v in missing else v for v in strs]
+        strs = [None if v in missing else v for v in map(str.strip, self._get_strs(fields))]
         for i in self.int_pos:
             v = strs[i]
             if v is not None and not _is_int(v):
                 raise Reject("bad_int", f"column {self.columns[self.str_cols[i]]!r}: {v!r} is not an integer "
                              f"(dtype: int)")
-        raw = [fields[c].strip() for c in self.float_cols]
+        raw = list(map(str.strip, self._get_floats(fields)))
         label = raw[self.label_pos]
         if label in missing:
             raise Reject("missing_label", f"label column {self.columns[self.float_cols[self.label_pos]]!r} is "
@@ -132,7 +145,7 @@ class RowConverter:
         raw[self.label_pos] = "0"
         try:
             floats = [None if v in missing else float(v) for v in raw]
-            ok = math.isfinite(math.fsum(x for x in floats if x is not None))
+            ok = math.isfinite(math.fsum(filter(None, floats)))  # filter(None) drops None (and zeros)
         except (ValueError, OverflowError):
             ok = False
         if not ok:
@@ -141,24 +154,25 @@ class RowConverter:
         seqs = []
         for col, delim, max_len, is_int in self.seqs:
             v = fields[col]
-            tokens = [t for t in (t.strip() for t in v.split(delim)) if t and t not in missing] if v else []
+            tokens = [t for t in map(str.strip, v.split(delim)) if t and t not in missing] if v else []
             if is_int:
                 bad = next((t for t in tokens if not _is_int(t)), None)
                 if bad is not None:
                     raise Reject("bad_int", f"column {self.columns[col]!r}: token {bad!r} is not an integer "
                                  f"(dtype: int)")
             seqs.append(tuple(tokens[-max_len:]))
-        ts = None
-        if self.ts_col is not None:
-            v = fields[self.ts_col].strip()
+        ints = []
+        for col, is_ts in self.int_cols:  # usually none, or the timestamp
+            v = fields[col].strip()
             if v in missing:
-                if self.needs_ts:
-                    raise Reject("missing_timestamp", f"column {self.columns[self.ts_col]!r} is missing but the "
+                if is_ts and self.needs_ts:
+                    raise Reject("missing_timestamp", f"column {self.columns[col]!r} is missing but the "
                                  f"split is time-based")
+                ints.append(None)
             else:
-                ts = self._timestamp(v, self.columns[self.ts_col])
-            return self.split_token(group, text, ts), (*strs, *floats, *seqs, ts)
-        return self.split_token(group, text, ts), (*strs, *floats, *seqs)
+                ints.append(self._integer(v, self.columns[col], is_ts))
+        ts = None if self.ts_pos is None else ints[self.ts_pos]
+        return self.split_token(group, text, ts), (*strs, *floats, *seqs, *ints)
 
     def _number_error(self, raw: Sequence[str]) -> None:
         for col, v in zip(self.float_cols, raw):
@@ -187,7 +201,8 @@ class RowConverter:
         return 1.0 if (x >= t if self.label.op == ">=" else x > t) else 0.0
 
     @staticmethod
-    def _timestamp(v: str, col: str) -> int:
+    def _integer(v: str, col: str, is_ts: bool) -> int:
+        """An int64 field's value ("1.7e9" is accepted when it is a whole number)."""
         if _is_int(v):
             return int(v)
         try:
@@ -195,7 +210,8 @@ class RowConverter:
         except ValueError:
             x = math.nan
         if not x.is_integer():
-            raise Reject("bad_timestamp", f"column {col!r}: {v!r} is not an integer timestamp")
+            raise Reject("bad_timestamp" if is_ts else "bad_int", f"column {col!r}: {v!r} is not an integer"
+                         + (" timestamp" if is_ts else ""))
         return int(x)
 
 
@@ -251,8 +267,8 @@ class ParseLines(_CountingRows):
 class ValidateRows(_Rejecting):
     """(file, text, joined fields) -> (split token, record); type errors are rejected with their reason."""
 
-    def __init__(self, spec: FeatureSpec, layout: Sequence[FieldPlan], max_field_chars: int):
-        self._args = (spec, tuple(layout), max_field_chars)
+    def __init__(self, spec: FeatureSpec, layout: RecordLayout, max_field_chars: int):
+        self._args = (spec, layout, max_field_chars)
         self._conv: RowConverter | None = None
 
     def setup(self):
@@ -270,9 +286,9 @@ class ValidateRows(_Rejecting):
 class ParseAndValidateLines(_CountingRows):
     """ParseLines + ValidateRows in one step, for specs without side tables (one DoFn call per row)."""
 
-    def __init__(self, spec: FeatureSpec, layout: Sequence[FieldPlan], max_field_chars: int):
+    def __init__(self, spec: FeatureSpec, layout: RecordLayout, max_field_chars: int):
         self._parser = LineParser(spec)
-        self._args = (spec, tuple(layout), max_field_chars)
+        self._args = (spec, layout, max_field_chars)
 
     def setup(self):
         super().setup()

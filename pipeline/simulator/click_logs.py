@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from common import metrics
 from feature_specs.loader import load_spec
 from pipeline.simulator.rows import CHUNK_ROWS, Chunk, ChunkGenerator, calibrate
 from pipeline.simulator.world import World, build_world
@@ -47,13 +48,14 @@ class SimulationResult:
     rows: int
     clicks: int
     base_ctr: float
-    truth_auc: float
-    additive_auc: float
+    truth_auc: float | None  # None: one class only (too few rows to define it)
+    additive_auc: float | None
     seconds: float
 
 
 class StreamingAUC:
-    """ROC AUC from per-bin positive/negative counts over logit scores: constant memory for any row count."""
+    """ROC AUC from per-bin positive/negative counts over logit scores: constant memory for any row count. Only the
+    accumulation lives here; the AUC of the bins is common.metrics.auc_from_counts (pairs within a bin count 1/2)."""
 
     def __init__(self, lo: float = -20.0, hi: float = 10.0, bins: int = 30_000):
         self.lo, self.scale, self.bins = lo, bins / (hi - lo), bins
@@ -65,12 +67,9 @@ class StreamingAUC:
         self.pos += np.bincount(b[label == 1], minlength=self.bins)
         self.neg += np.bincount(b[label == 0], minlength=self.bins)
 
-    def result(self) -> float:
-        p, n = self.pos.sum(), self.neg.sum()
-        if p == 0 or n == 0:
-            return float("nan")
-        neg_below = np.cumsum(self.neg) - self.neg
-        return float((self.pos * (neg_below + 0.5 * self.neg)).sum() / (p * n))
+    def result(self) -> float | None:
+        """The AUC, or None while only one class has been seen."""
+        return metrics.auc_from_counts(self.pos, self.neg)
 
 
 class _ShardWriter:
@@ -178,9 +177,13 @@ def _write_summary(r: SimulationResult, world: World, seed: int, shard_rows: int
     """simulation.json. Timing fields vary run to run; everything else is a function of the arguments."""
     summary = {
         "spec": SPEC_NAME, "seed": seed, "rows": r.rows, "clicks": r.clicks, "base_ctr": round(r.base_ctr, 6),
-        "mean_p_true": round(mean_p, 6), "truth_auc": round(r.truth_auc, 5), "additive_auc": round(r.additive_auc, 5),
+        "mean_p_true": round(mean_p, 6), "truth_auc": _round(r.truth_auc), "additive_auc": _round(r.additive_auc),
         "world": world.describe(), "chunk_rows": CHUNK_ROWS, "shard_rows": shard_rows, "gzip": gzip,
         "click_files": [p.name for p in r.click_files], "truth_files": [p.name for p in r.truth_files],
         "seconds": round(r.seconds, 3), "rows_per_s": round(r.rows / r.seconds, 1) if r.seconds > 0 else None,
     }
     (r.out_dir / "simulation.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 5)

@@ -63,6 +63,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workdir", help="where to put generated data and output (default: a temp folder)")
     args, beam_args = parser.parse_known_args(argv)
 
+    from pipeline.beam_options import with_defaults
     from pipeline.preprocess.preprocess_job import preprocess
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-preprocess-"))
@@ -74,9 +75,7 @@ def main(argv: list[str]) -> int:
         res = simulate(args.rows, work / "raw", seed=0, overwrite=True)
         pattern = str(work / "raw" / "clicks-*.csv")
         print(f"simulated {res.rows:,} rows in {time.perf_counter() - t:.1f}s -> {pattern}")
-    if not beam_args:
-        beam_args = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing",
-                     f"--direct_num_workers={args.workers}"]
+    beam_args = with_defaults(beam_args, args.workers)
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
     with TreeMemory() as mem:
         out = preprocess(args.spec, pattern, str(work / "out"), beam_args=beam_args, overwrite=True)

@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import feature_specs  # noqa: F401  (Keras flavour before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
+from common import fs
 from feature_specs import artifacts, load_spec
 from feature_specs.schema import FeatureSpec
 from models.config import RunConfig, TrainConfig
@@ -31,12 +31,12 @@ def write_shape_artifacts(spec: FeatureSpec, out: Path, vocab: int) -> Path:
     (out / "vocab").mkdir(parents=True, exist_ok=True)
     lines = "".join(f"t{i}\t{vocab - i}\n" for i in range(vocab))
     for f in spec.vocab_features:
-        artifacts.vocab_path(out, f.name).write_text(lines)
+        fs.write_text(artifacts.vocab_path(out, f.name), lines)
     numeric = {f.name: artifacts.NumericStats(count=1, missing=0, mean=1.0, std=2.0, min=0.0, max=9.0,
                                               boundaries=tuple(np.linspace(0, 9, max(f.num_buckets - 1, 0))))
                for f in spec.by_kind("numeric")}
     stats = artifacts.Stats(artifacts.ARTIFACT_VERSION, 1, 0.1, numeric, {})
-    artifacts.stats_path(out).write_text(json.dumps(artifacts.stats_to_json(stats)))
+    fs.write_text(artifacts.stats_path(out), json.dumps(artifacts.stats_to_json(stats)))
     return out
 
 

@@ -21,16 +21,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import feature_specs  # noqa: F401
 import tensorflow as tf
 
+from common.progress import ProgressMeter
 from feature_specs import artifacts
-from models.config import load_config, parse_override, _merge
+from common.typed_yaml import deep_merge
+from models.config import load_config, parse_override
 from models.data import make_dataset
 from models.run import resolve_spec
 from models.train import train
+from rocketctr.shipped_configs import config_path
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
+CONFIG = config_path("synthetic")
 TARGET_ROCKET_EPS = 25_000
 TARGET_WALL_RATIO = 0.7
 TARGET_INPUT_FACTOR = 3.0
@@ -88,11 +90,11 @@ def main(argv: list[str]) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     over: dict = {"train": {"epochs": args.epochs, "validation_fraction": 0.0, "checkpoint_every_steps": 0}}
     for text in args.overrides:
-        over = _merge(over, parse_override(text))
+        over = deep_merge(over, parse_override(text))
     base = load_config(args.config, args.experiment, over)
     stats = artifacts.read_stats(args.data)
     if args.rows:
-        base = load_config(args.config, args.experiment, _merge(over, {"train": {
+        base = load_config(args.config, args.experiment, deep_merge(over, {"train": {
             "max_steps": -(-args.rows // base.train.batch_size) * args.epochs}}))
     print(f"data {args.data}: {stats.train_rows} train rows; batch {base.train.batch_size}, epochs {args.epochs}"
           + (f", rows cap {args.rows}" if args.rows else ""))
@@ -100,12 +102,17 @@ def main(argv: list[str]) -> int:
     figures: dict[str, Figure] = {}
     if "input" in modes:
         figures["input"] = input_pipeline(args.data, base, args.rows * args.epochs if args.rows else None)
-    for mode in ("light", "booster", "rocket"):
-        if mode in modes or (mode == "booster" and "kd" in modes):
-            figures[mode] = run_mode(mode, args.data, _with(base, mode=mode), root / mode)
+    runs = [m for m in ("light", "booster", "rocket") if m in modes or (m == "booster" and "kd" in modes)]
+    meter = ProgressMeter("bench train", total=len(runs) + ("kd" in modes), unit="runs")
+    for mode in runs:
+        figures[mode] = run_mode(mode, args.data, _with(base, mode=mode), root / mode)
+        meter.advance()
+        print(f"[bench train] {mode} finished: {meter.position()}, {meter.timing()}", flush=True)
     if "kd" in modes:
         student = run_mode("kd student", args.data, _with(base, mode="kd", teacher_run=str(root / "booster")),
                            root / "kd")
+        meter.advance()
+        print(f"[bench train] kd student finished: {meter.position()}, {meter.timing()}", flush=True)
         figures["kd student"] = student
         b = figures["booster"]
         figures["kd"] = Figure("two-stage KD (booster + student)", b.examples + student.examples,

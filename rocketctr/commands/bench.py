@@ -10,7 +10,7 @@ import importlib
 BENCHMARKS: dict[str, str] = {
     "preprocess": "rocketctr.bench.preprocess_speed",
     "train": "rocketctr.bench.train_speed",
-    "serve": "rocketctr.bench.serve_latency",
+    "serve": "rocketctr.bench.serve_load",  # the latency tables (serve_latency), then the server under load
     "quality": "rocketctr.bench.quality.quality_bench",
     "peer": "rocketctr.bench.quality.peer_bench",  # DeepCTR reference in the separate .venv-peer
 }

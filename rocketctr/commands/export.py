@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from common import fs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +28,7 @@ def main(args: argparse.Namespace) -> int:
     except (ExportError, ValueError, FileNotFoundError) as e:
         print(f"export failed, nothing published: {e}", file=sys.stderr)
         return 1
-    meta = json.loads((path / "assets.extra" / "rocketctr.json").read_text())
+    meta = fs.read_json(fs.join(path, "assets.extra", "rocketctr.json"))
     print(f"exported {args.tower} net -> {path} (version {meta['version']}, spec {meta['spec']['name']} "
           f"{meta['spec']['hash']}, {meta['variables']} variables, parity max |dlogit| "
           f"{meta['parity_max_abs_logit_diff']:.1e})")

@@ -1,6 +1,6 @@
-"""`rocketctr score --target HOST:PORT --model-name NAME --input FILE`: score raw feature rows over gRPC.
+"""`rocketctr score --target HOST:PORT --model-name NAME --input FILE`: score raw feature rows over gRPC or REST.
 
-Works against `rocketctr serve` and the official TF Serving alike (only the stock API is used)."""
+Works against `rocketctr serve` and the official TF Serving alike (only the stock APIs are used)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", required=True, help="HOST:PORT of a PredictionService")
+    p.add_argument("--target", required=True, help="HOST:PORT of the server (its gRPC or its REST port)")
+    p.add_argument("--protocol", choices=("grpc", "rest"), default="grpc",
+                   help="gRPC PredictionService (e.g. port 8500) or TF Serving's REST API (e.g. port 8501)")
     p.add_argument("--model-name", required=True)
     p.add_argument("--input", required=True, help="CSV (with a header) or JSONL of raw feature rows")
     p.add_argument("--spec", default=None, help="feature spec (name or path); default: the server's signatures")
@@ -24,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import grpc
 
+    from serving.rest_client import RestError
     from serving.score_file import ScoreError, read_rows, score_rows
 
     try:
@@ -33,11 +36,12 @@ def main(args: argparse.Namespace) -> int:
             from feature_specs import load_spec
             spec = load_spec(args.spec)
         scores, ignored = score_rows(rows, args.target, args.model_name, spec=spec, signature=args.signature,
-                                     version=args.version, tls=args.tls or False, timeout=args.timeout)
+                                     version=args.version, tls=args.tls or False, timeout=args.timeout,
+                                     protocol=args.protocol)
     except ScoreError as e:
         print(f"score: {e}", file=sys.stderr)
         return 1
-    except grpc.RpcError as e:
+    except (grpc.RpcError, RestError) as e:
         print(f"score: server answered {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
     if ignored:

@@ -26,6 +26,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {r.rows:,} rows ({r.clicks:,} clicks, base CTR {r.base_ctr:.2%}) to {r.out_dir} in "
           f"{len(r.click_files)} shard(s), {r.seconds:.1f} s ({r.rows / max(r.seconds, 1e-9):,.0f} rows/s)")
-    print(f"ground-truth AUC {r.truth_auc:.4f}, additive-only AUC {r.additive_auc:.4f} "
-          f"(gap {r.truth_auc - r.additive_auc:.4f}); details in {r.out_dir}/simulation.json")
+    if r.truth_auc is None or r.additive_auc is None:
+        print(f"AUC undefined: the {r.rows:,} rows hold only one class; details in {r.out_dir}/simulation.json")
+    else:
+        print(f"ground-truth AUC {r.truth_auc:.4f}, additive-only AUC {r.additive_auc:.4f} "
+              f"(gap {r.truth_auc - r.additive_auc:.4f}); details in {r.out_dir}/simulation.json")
     return 0

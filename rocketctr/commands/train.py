@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
-from models.config import MODES, ConfigError, RunConfig, _merge, config_from_dict, load_config, parse_override
+from common import fs
+from common.typed_yaml import deep_merge
+from models.config import MODES, ConfigError, RunConfig, config_from_dict, load_config, parse_override
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,27 +26,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override any config field, e.g. --set model.loss.hint_weight=0.3 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar (logs and TensorBoard only)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no terminal progress bar: a progress line every --progress-seconds (default 10 s) instead")
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     """Config file (or the run's config.json on --resume) + experiment + CLI overrides, validated."""
     over: dict = {}
     for text in args.overrides:
-        over = _merge(over, parse_override(text))
+        over = deep_merge(over, parse_override(text))
     if args.mode:
-        over = _merge(over, {"train": {"mode": args.mode}})
+        over = deep_merge(over, {"train": {"mode": args.mode}})
     if args.teacher:
-        over = _merge(over, {"train": {"teacher_run": str(Path(args.teacher).resolve())}})
+        over = deep_merge(over, {"train": {"teacher_run": fs.absolute(args.teacher)}})
     if args.config:
         return load_config(args.config, args.experiment, over)
-    if args.resume and (Path(args.out) / "config.json").exists():
+    if args.resume and fs.exists(fs.join(args.out, "config.json")):
         from models.run import read_run_config
 
         cfg, _, _ = read_run_config(args.out)
         from models.config import config_to_dict
 
-        return config_from_dict(_merge(config_to_dict(cfg), over), f"{args.out}/config.json")
+        return config_from_dict(deep_merge(config_to_dict(cfg), over), f"{args.out}/config.json")
     raise ConfigError("--config is required (it may be left out only with --resume of an existing run)")
 
 
@@ -65,8 +67,8 @@ def main(args: argparse.Namespace) -> int:
     except (ConfigError, SpecError, ArtifactError, CorruptShardError, RunError) as e:
         print(f"rocketctr train: {e}", file=sys.stderr)
         return 1
-    metrics = Path(run_dir) / "metrics.json"
-    if metrics.exists():
-        print(metrics.read_text())
+    metrics = fs.join(run_dir, "metrics.json")
+    if fs.exists(metrics):
+        print(fs.read_text(metrics))
     print(f"run written to {run_dir}")
     return 0

@@ -1,7 +1,8 @@
 """`rocketctr tune`: seeded, resumable random search on the validation slice of the train split.
 
 Thin over models.tune.tune: parses --set overrides, builds the exact command line for the report and the
-written config's header, and quiets the training jobs' own logs so the search prints one line per trial.
+written config's header, and quiets the training jobs' own logs so the search prints one line per trial (with
+done/total and ETA; each trial's training still prints its progress lines, common/progress.py, on stderr).
 
   rocketctr tune --data DIR --config configs/synthetic.yaml --mode both --trials 20 --seed 0 \\
       --workdir W --out W/tune.md --write-config configs/synthetic_tuned.yaml
@@ -14,7 +15,8 @@ import logging
 import shlex
 import sys
 
-from models.config import ConfigError, _merge, parse_override
+from common.typed_yaml import deep_merge
+from models.config import ConfigError, parse_override
 
 TUNE_MODES = ("light", "booster", "both", "rocket", "all")  # models.tune.TUNE_MODES (not imported here: --help stays TF-free)
 
@@ -67,7 +69,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         over: dict = {}
         for text in args.overrides:
-            over = _merge(over, parse_override(text))
+            over = deep_merge(over, parse_override(text))
         out = args.out or f"{args.workdir.rstrip('/')}/tune.md"
         result = tune(args.config, args.data, args.mode, args.trials, args.seed, args.workdir, out=out,
                       overrides=over, space=args.space, write_config=args.write_config, command=command_line(args))

@@ -4,7 +4,7 @@ A bench of 8 variants x 5 seeds scores ~70 SavedModels; one Beam job per run cos
 shuffles that dwarf the scoring itself on a 2-core machine. The direct path runs *the eval job's own pieces*
 without Beam: ParseMeta (label / weight / user of each Example, rejections counted), SavedModelHandler
 (RunInference's model handler, the same serving_default call), ToScored, and the job's combines TotalsFn,
-the logit-bucket sums + SweepFn, and per-user AUC + GaucFn, finished by pipeline.evaluate.eval_job.cut_metrics. So
+the logit-bucket sums + SweepFn, and per-user AUC + GaucFn, finished by pipeline.evaluate.eval_results.cut_metrics. So
 the definitions cannot drift apart; the only difference left is the order in which floating-point sums are
 added (Beam merges partial accumulators), i.e. ~1e-15 relative. tests/test_quality_bench.py proves equality
 with the Beam job on a trained model, both scoring one example per call.
@@ -30,7 +30,7 @@ from feature_specs import artifacts, load_spec
 from pipeline.evaluate.eval_transforms import (DEFAULT_LOGIT_STEP, GaucFn, Meta, ParseMeta, SweepFn, ToScored, TotalsFn, bucket_key,
                                 user_auc)
 from pipeline.evaluate.model_source import SavedModelHandler
-from pipeline.evaluate.eval_job import cut_metrics
+from pipeline.evaluate.eval_results import cut_metrics
 
 METRIC_KEYS = ("auc", "gauc", "logloss")
 CALIBRATION_BINS = 10

@@ -26,10 +26,12 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from rocketctr.shipped_configs import config_path
+
+REPO = Path(__file__).resolve().parents[3]  # the checkout (.venv-peer lives there)
 PEER_SCRIPT = Path(__file__).resolve().with_name("peer_deepctr.py")
 DEFAULT_PYTHON = REPO / ".venv-peer" / "bin" / "python"
-CONFIG = REPO / "configs" / "synthetic.yaml"
+CONFIG = config_path("synthetic")
 KIND, VERSION = "rocketctr-peer-bench", 1
 PROG = "rocketctr bench peer"
 

@@ -24,7 +24,6 @@ import json
 import os
 from pathlib import Path
 
-import feature_specs  # noqa: F401  (Keras flavour before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
@@ -168,7 +167,8 @@ def read_part(dataset: tf.data.Dataset, encode, features: list[PeerFeature]) -> 
 def _source_key(data_dir: Path, fraction: float, holdout: dict, names: tuple[str, ...]) -> dict:
     """What an existing export must match to be reused: same data (manifest + stats content), slice, features."""
     h = hashlib.sha256()
-    for p in (artifacts.manifest_path(data_dir), artifacts.stats_path(data_dir), artifacts.spec_copy_path(data_dir)):
+    for p in map(Path, (artifacts.manifest_path(data_dir), artifacts.stats_path(data_dir),
+                        artifacts.spec_copy_path(data_dir))):
         h.update(p.read_bytes() if p.is_file() else b"-")
     return {"data_dir": str(data_dir.resolve()), "artifacts_sha256": h.hexdigest()[:16],
             "validation_fraction": fraction, "holdout": holdout, "features": list(names)}
@@ -188,7 +188,7 @@ def export_peer_data(data_dir: str | os.PathLike, npz: str | os.PathLike, valida
     if npz.suffix != ".npz":
         raise PeerDataError(f"{npz}: the export file must end in .npz")
     if spec is None:
-        copy = artifacts.spec_copy_path(data_dir)
+        copy = Path(artifacts.spec_copy_path(data_dir))
         if not copy.is_file():
             raise artifacts.ArtifactError(f"{copy}: spec.yaml is missing ({data_dir} is not a preprocessing output)")
         spec = load_spec(copy)

@@ -1,9 +1,9 @@
 """DeepCTR peer reference: train DeepCTR's DNN and DCN on a rocketctr peer export and report eval AUC / logloss.
 
 Run by the bench-only env's python (`make peer-env` -> .venv-peer), never by the main env: this file imports
-only numpy, tensorflow (tf-keras), deepctr and the standard library, never a rocketctr package, so deepctr never
-becomes a dependency of ours. `rocketctr bench peer` writes the export (rocketctr/bench/quality/peer_data.py) and runs
-this script in a subprocess.
+only numpy, tensorflow (tf-keras), deepctr and the standard library, never a rocketctr package (common/metrics.py is
+loaded by file path), so deepctr never becomes a dependency of ours. `rocketctr bench peer` writes the export
+(rocketctr/bench/quality/peer_data.py) and runs this script in a subprocess.
 
 Models (DeepCTR 0.9.4 has no class named DNN):
 - dnn: deepctr.models.WDL with an empty linear part: DeepCTR's embeddings -> DNN(hidden) -> Dense(1, no bias) ->
@@ -12,8 +12,8 @@ Models (DeepCTR 0.9.4 has no class named DNN):
 
 Training: Adam, binary cross-entropy, one epoch at a time; after each epoch the validation slice's AUC decides
 (early stopping after `--patience` epochs without improvement, 0 = run every epoch) and the best epoch's weights
-are restored before the eval split is scored once. AUC is the exact weighted rank AUC (ties averaged), computed
-here in numpy.
+are restored before the eval split is scored once. AUC (exact, weighted, ties counted 1/2) and logloss come from
+this checkout's common/metrics.py, loaded by file path (numpy only), so they are the definitions our eval reports.
 
   .venv-peer/bin/python rocketctr/bench/quality/peer_deepctr.py --data PEER.npz --out peer.json --models dnn,dcn --seeds 3
 """
@@ -50,30 +50,21 @@ class PeerError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------------ metrics
-def rank_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float | None:
-    """Weighted ROC AUC by ranks: P(score of a positive > score of a negative), ties counted half.
-    None when one class is absent."""
-    y = np.asarray(labels, np.float64).reshape(-1) > 0.5
-    s = np.asarray(scores, np.float64).reshape(-1)
-    w = np.ones_like(s) if weights is None else np.asarray(weights, np.float64).reshape(-1)
-    order = np.argsort(s, kind="mergesort")
-    s, y, w = s[order], y[order], w[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]  # one group per distinct score
-    pos = np.add.reduceat(np.where(y, w, 0.0), starts)
-    neg = np.add.reduceat(np.where(y, 0.0, w), starts)
-    total_pos, total_neg = pos.sum(), neg.sum()
-    if total_pos <= 0 or total_neg <= 0:
-        return None
-    below = np.cumsum(neg) - neg
-    return float(np.sum(pos * (below + 0.5 * neg)) / (total_pos * total_neg))
+def _load_common_metrics() -> types.ModuleType:
+    """This checkout's common/metrics.py (numpy only), loaded by path: the peer's AUC and logloss are the very
+    definitions our training and eval report, while our packages stay off this env's import path (no package
+    __init__ of ours runs here)."""
+    path = Path(__file__).resolve().parents[3] / "common" / "metrics.py"
+    spec = importlib.util.spec_from_file_location("rocketctr_common_metrics", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
-def logloss(labels: np.ndarray, probs: np.ndarray, weights: np.ndarray | None = None, eps: float = 1e-7) -> float:
-    """Weighted mean binary cross-entropy (probabilities clipped to [eps, 1 - eps])."""
-    y = np.asarray(labels, np.float64).reshape(-1)
-    p = np.clip(np.asarray(probs, np.float64).reshape(-1), eps, 1 - eps)
-    w = np.ones_like(p) if weights is None else np.asarray(weights, np.float64).reshape(-1)
-    return float(np.sum(-w * (y * np.log(p) + (1 - y) * np.log(1 - p))) / np.sum(w))
+metrics = _load_common_metrics()
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -191,7 +182,7 @@ def train_one(name: str, seed: int, features: list[dict], arrays: dict[str, np.n
         row = {"epoch": epoch, "train_loss": float(h.history["loss"][-1]), "fit_seconds": round(fit_seconds, 2)}
         if has_validation:
             p = model.predict(x["validation"], batch_size=8192, verbose=0)
-            auc = rank_auc(y["validation"], p, w["validation"])
+            auc = metrics.auc(p, y["validation"], w["validation"])
             row["validation_auc"] = auc
             if auc is not None and auc > best_auc:
                 best_auc, best_weights, best_epoch, wait = auc, model.get_weights(), epoch, 0
@@ -210,7 +201,8 @@ def train_one(name: str, seed: int, features: list[dict], arrays: dict[str, np.n
     epochs_run = len(history)
     return {
         "model": name, "class": what, "seed": seed,
-        "eval_auc": rank_auc(y["eval"], p_eval, w["eval"]), "eval_logloss": logloss(y["eval"], p_eval, w["eval"]),
+        "eval_auc": metrics.auc(p_eval, y["eval"], w["eval"]),
+        "eval_logloss": metrics.logloss(p_eval, y["eval"], w["eval"]),
         "validation_auc": best_auc if np.isfinite(best_auc) else None, "best_epoch": best_epoch,
         "epochs_run": epochs_run, "train_rows": int(y["train"].size),
         "examples_per_sec": round(y["train"].size * epochs_run / fit_seconds, 1) if fit_seconds > 0 else None,

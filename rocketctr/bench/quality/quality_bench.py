@@ -26,8 +26,9 @@ from pathlib import Path
 
 import feature_specs
 from feature_specs import artifacts
+from rocketctr.shipped_configs import config_path
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic.yaml"
+CONFIG = config_path("synthetic")
 KIND, VERSION = "rocketctr-quality-bench", 1
 
 
@@ -62,34 +63,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _beam_args(workers: int) -> list[str]:
-    """Preprocessing: worker processes. The eval job runs in-process (one model load, small per-run data)."""
-    if workers <= 1:
-        return ["--runner=FnApiRunner"]
-    return ["--runner=FnApiRunner", "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
-
-
-EVAL_BEAM_ARGS = ["--runner=FnApiRunner"]
-
-
 def prepare_simulated(rows: int, workdir: Path, seed: int, workers: int, echo=print) -> Path:
     """WORKDIR/raw <- simulate(rows), WORKDIR/data <- preprocess; reused when both match rows and seed."""
+    from pipeline.beam_options import local_runner_args
     from pipeline.preprocess.preprocess_job import preprocess
     from pipeline.simulator.click_logs import simulate
 
     raw, data = workdir / "raw", workdir / "data"
     summary = raw / "simulation.json"
-    if summary.is_file() and artifacts.manifest_path(data).is_file():
+    if summary.is_file() and Path(artifacts.manifest_path(data)).is_file():
         s = json.loads(summary.read_text())
         if s.get("rows") == rows and s.get("seed") == seed:
             echo(f"reusing simulated + preprocessed data in {data}")
             return data
     t0 = time.monotonic()
     sim = simulate(rows, raw, seed=seed, overwrite=True)
-    echo(f"simulated {rows:,} rows in {time.monotonic() - t0:.1f} s (truth AUC {sim.truth_auc:.4f})")
+    echo(f"simulated {rows:,} rows in {time.monotonic() - t0:.1f} s (truth AUC {_f(sim.truth_auc)})")
     t0 = time.monotonic()
     preprocess(feature_specs.load_spec("synthetic"), [str(f) for f in sim.click_files], str(data),
-               beam_args=_beam_args(workers), overwrite=True)
+               beam_args=local_runner_args(workers), overwrite=True)
     echo(f"preprocessed into {data} in {time.monotonic() - t0:.1f} s")
     return data
 
@@ -114,8 +106,9 @@ class Bench:
     """Runs the variants x seeds, keeping the raw results (saved after every run: nothing is lost on a crash)."""
 
     def __init__(self, args: argparse.Namespace, data: Path, workdir: Path, echo=print):
+        from common.typed_yaml import deep_merge
         from models.config import parse_override
-        from rocketctr.bench.quality.variants import deep_merge, resolve_variants, variant_config
+        from rocketctr.bench.quality.variants import resolve_variants, variant_config
 
         self.args, self.data, self.workdir, self.echo = args, data, workdir, echo
         names = [n for item in (args.variants or []) for n in item.split(",") if n.strip()]
@@ -158,7 +151,7 @@ class Bench:
         from rocketctr.bench.quality import eval_scores
 
         if self.args.metrics == "beam":
-            return eval_scores.score_run_beam(run, self.data, run / "quality_eval", beam_args=EVAL_BEAM_ARGS)
+            return eval_scores.score_run_beam(run, self.data, run / "quality_eval")
         cache = run / SCORES_FILE  # a finished run never changes (a retrain deletes the folder): score it once
         key = {"data_dir": str(self.data.resolve()), "metrics": "direct"}
         if cache.is_file() and not self.args.check_beam:
@@ -169,7 +162,7 @@ class Bench:
             self.eval_set = eval_scores.load_eval_set(self.data)
         direct = eval_scores.score_run_direct(run, self.eval_set)
         if self.args.check_beam and self.beam_check is None:
-            beam = eval_scores.score_run_beam(run, self.data, run / "quality_eval", beam_args=EVAL_BEAM_ARGS)
+            beam = eval_scores.score_run_beam(run, self.data, run / "quality_eval")
             diff = eval_scores.max_difference(direct, beam)
             self.beam_check = {"run": str(run), "max_abs_difference": diff, "direct": direct, "beam": beam}
             self.echo(f"  beam check on {run.name}: largest |direct - beam| over towers x metrics = {diff:.3g}")
@@ -177,7 +170,10 @@ class Bench:
         return direct
 
     def run_all(self, save) -> None:
+        from common.progress import ProgressMeter
+
         total, k = len(self.variants) * self.args.seeds, 0
+        meter = ProgressMeter("bench quality", total=total, unit="runs")  # reused runs count as done, untimed
         for seed in range(self.args.seeds):  # seed-major: every finished seed is a complete paired comparison
             for v in self.variants:
                 k += 1
@@ -185,6 +181,7 @@ class Bench:
                 run = self.train_one(v, seed)
                 m = json.loads((run / "metrics.json").read_text())
                 scored = self.score(run)
+                meter.advance(timed=run in self.trained)
                 self.runs.append({
                     "variant": v.name, "seed": seed, "run_dir": str(run), "mode": v.mode, "experiment": v.experiment,
                     "metrics": scored, "train_seconds": m["train_seconds"], "job_seconds": m["wall_seconds"],
@@ -194,7 +191,7 @@ class Bench:
                 self.echo(f"[{k}/{total}] {v.name} seed {seed}: AUC {_f(light.get('auc'))} GAUC "
                           f"{_f(light.get('gauc'))} logloss {_f(light.get('logloss'))}, train "
                           f"{m['train_seconds']:.1f} s{' (student only)' if v.needs_teacher else ''} "
-                          f"({time.monotonic() - t0:.0f} s with scoring)")
+                          f"({time.monotonic() - t0:.0f} s with scoring); {meter.timing()}")
                 save()
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.typed_yaml import deep_merge
 from models.config import RunConfig, load_config
 
 BASELINE = "light_alone"  # the served net trained alone: every difference is paired against it
@@ -68,13 +69,6 @@ def resolve_variants(names: list[str] | None) -> list[Variant]:
     wanted |= {BASELINE, REFERENCE}
     wanted |= {VARIANTS[n].teacher for n in wanted if VARIANTS[n].teacher}  # a student's teacher runs first
     return [v for name, v in VARIANTS.items() if name in wanted]
-
-
-def deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def variant_config(config: str | Path, variant: Variant, seed: int, overrides: dict | None = None,
