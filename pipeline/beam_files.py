@@ -18,30 +18,10 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
+# The path algebra (no I/O) is common to both file layers; only the reads and writes differ (FileSystems here).
+from common.fs import absolute, as_str, is_local, join, native  # noqa: F401  (re-exported)
+
 TMP_SUFFIX = ".tmp-"  # + a random hex: the temporary sibling of a file being published on a local disk
-
-
-def as_str(path: str | os.PathLike) -> str:
-    return os.fspath(path)
-
-
-def is_local(path: str | os.PathLike) -> bool:
-    """True for a plain local path (no scheme, or file://)."""
-    return FileSystems.get_scheme(as_str(path)) in (None, "file")
-
-
-def native(path: str | os.PathLike) -> str | Path:
-    """A local path as a `Path` (what local callers get back and may use with pathlib), a URL unchanged."""
-    return Path(as_str(path)) if is_local(path) else as_str(path)
-
-
-def absolute(path: str | os.PathLike) -> str:
-    """A local path made absolute (recorded in manifests and reports); a URL unchanged."""
-    return str(Path(as_str(path)).resolve()) if is_local(path) else as_str(path)
-
-
-def join(base: str | os.PathLike, *parts: str) -> str:
-    return FileSystems.join(as_str(base), *parts)
 
 
 def exists(path: str | os.PathLike) -> bool:

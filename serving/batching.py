@@ -119,8 +119,10 @@ class Batcher:
         """The signature's outputs for these inputs, exactly as SignatureRunner.run would return them."""
         runner = servable.runner(signature)
         ok = self._batchable.get(runner)
-        if ok is None:
-            ok = self._batchable[runner] = batchable(servable.signature_defs[runner.name])
+        if ok is None:  # once per loaded signature
+            ok = batchable(servable.signature_defs[runner.name])
+            with self._cond:
+                self._batchable[runner] = ok
         if not ok:
             self._count("unbatchable")
             return runner.run(inputs, output_filter)
@@ -185,7 +187,8 @@ class Batcher:
         best = None
         for key, q in self._queues.items():
             b = q.batches[0]
-            if (b.closed or self._stopping or now - b.opened >= timeout) and (best is None or b.opened < best[2].opened):
+            ready = b.closed or self._stopping or now - b.opened >= timeout
+            if ready and (best is None or b.opened < best[2].opened):
                 best = (key, q, b)
         if best is None:
             return None

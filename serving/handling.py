@@ -2,9 +2,9 @@
 
 A request names a model (and maybe a version or a version label); `Resolver` turns that into a loaded
 Servable and runs a signature of it (`predict`: directly, or through serving.batching when batching is on,
-so both front ends batch together). `observed` wraps one request's handling: latency and status counters, a log line for a refused
-request, and the error as a gRPC status code (the one vocabulary both front ends speak: REST maps it to an
-HTTP status the way TF Serving does). The status and metadata answers are built here as the stock
+so both front ends batch together). `observed` wraps one request's handling: latency and status counters, a
+log line for a refused request, and the error as a gRPC status code (the one vocabulary both front ends speak:
+REST maps it to an HTTP status the way TF Serving does). The status and metadata answers are built here as the stock
 tensorflow-serving-api protos; gRPC sends them as they are and REST renders the same protos as JSON.
 """
 

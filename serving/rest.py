@@ -6,8 +6,8 @@ Endpoints (tensorflow_serving/g3doc/api_rest.md):
   GET  /v1/models/NAME[/versions/N|/labels/L]/metadata   GetModelMetadataResponse (signature_def) as JSON
 Errors are {"error": "..."} with TF Serving's HTTP status for the gRPC code (400 INVALID_ARGUMENT, 404
 NOT_FOUND, 503 UNAVAILABLE, ...). A request resolves its version and runs its signature through
-serving.handling (Resolver.predict: SignatureRunner.run, or the batcher), the gRPC path, so both protocols refuse the same requests with the
-same messages and return the same scores.
+serving.handling (Resolver.predict: SignatureRunner.run, or the batcher), the gRPC path, so both protocols
+refuse the same requests with the same messages and return the same scores (and batch together).
 
 One deliberate difference from TF Serving, for readiness probes: the status of a whole model
 (GET /v1/models/NAME) is 503 while none of its versions is AVAILABLE (TF Serving answers 200 with LOADING or

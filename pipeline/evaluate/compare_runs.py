@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import beam_files
 from pipeline.evaluate.eval_report import EVAL_KIND, METRICS_FILE
 
 METRICS = ("auc", "gauc", "logloss")
@@ -84,13 +85,15 @@ def paired_diff(a: dict, b: dict) -> PairedDiff:
 
 def load_runs(path: str | Path) -> tuple[str, list[Run]]:
     """((data_dir, split) key, runs) from an eval dir, its metrics.json, or a run dir with eval/metrics.json."""
-    p = Path(path)
-    candidates = [p] if p.is_file() else [p / METRICS_FILE, p / "eval" / METRICS_FILE]
-    f = next((c for c in candidates if c.is_file()), None)
+    p = beam_files.as_str(path)  # local or an object store (eval outputs may live in gs://)
+    is_file = Path(p).is_file() if beam_files.is_local(p) else p.endswith(".json")
+    candidates = [p] if is_file else [beam_files.join(p, METRICS_FILE),
+                                                  beam_files.join(p, "eval", METRICS_FILE)]
+    f = next((c for c in candidates if beam_files.exists(c)), None)
     if f is None:
-        raise CompareError(f"{path}: no eval results ({' or '.join(map(str, candidates))}); run `rocketctr eval` "
+        raise CompareError(f"{path}: no eval results ({' or '.join(candidates)}); run `rocketctr eval` "
                            f"on it first")
-    doc = json.loads(f.read_text())
+    doc = json.loads(beam_files.read_text(f))
     if doc.get("kind") != EVAL_KIND:
         raise CompareError(f"{f}: not a rocketctr eval metrics.json (kind {doc.get('kind')!r})")
     runs = [Run(group=m["group"], seed=m.get("seed"), mode=m.get("mode"), tower=m.get("tower"),

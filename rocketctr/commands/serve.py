@@ -31,8 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="assign a model_spec.version_label (repeatable)")
     p.add_argument("--max-message-mb", type=float, default=16.0, help="largest request/response accepted")
     p.add_argument("--workers", type=int, default=4, help="gRPC thread pool size")
-    p.add_argument("--intra-op-threads", type=int, default=None, help="TF intra-op threads (default: TF's)")
-    p.add_argument("--inter-op-threads", type=int, default=None, help="TF inter-op threads (default: TF's)")
+    # 1 / 1 measured fastest for the light net on 2 cores, alone and under load (docs/SERVING.md, Batching):
+    # its graph is many small ops, so parallelism comes from concurrent requests, not from splitting one
+    p.add_argument("--intra-op-threads", type=int, default=1, help="TF intra-op threads (default 1; 0 = TF's: one "
+                                                                   "per core)")
+    p.add_argument("--inter-op-threads", type=int, default=1, help="TF inter-op threads (default 1; 0 = TF's)")
     b = p.add_argument_group("batching (TF Serving's flags; docs/SERVING.md)")
     b.add_argument("--enable_batching", "--enable-batching", dest="enable_batching", action="store_true",
                    help="merge concurrent requests of a row-wise signature (serving_default, predict_raw)")
