@@ -23,3 +23,10 @@ def shared_data(sub: str) -> Path:
 @pytest.fixture
 def synthetic_spec():
     return feature_specs.load_spec("synthetic")
+
+
+@pytest.fixture(scope="session")
+def spec():
+    """The shipped synthetic spec (frozen dataclasses, so one instance serves every test); a test module that needs
+    another spec defines its own `spec` fixture, which takes precedence."""
+    return feature_specs.load_spec("synthetic")

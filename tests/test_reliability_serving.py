@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import feature_specs
 import grpc
 import numpy as np
 import pytest
@@ -32,11 +31,6 @@ from tests.train_helpers import fast_config, fixture_data
 MODEL = "ctr"
 CANDIDATES = 300
 CLIENTS = 8
-
-
-@pytest.fixture(scope="module")
-def spec():
-    return feature_specs.load_spec("synthetic")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-import feature_specs
 from rocketctr.commands import serve as serve_cmd
 from serving.batching import QUEUE_FULL, Batcher
 from serving.batching_config import BatchingParameters, load_batching_parameters, parse_batching_parameters
@@ -38,11 +37,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(scope="module")
-def spec():
-    return feature_specs.load_spec("synthetic")
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,11 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-import feature_specs
 from rocketctr import cli
 from serving.client import PredictClient
 from serving.server import serve
 from serving.server_process import ServerProcess
 from test_serving_toy import rows_to_examples, save_toy, toy_rows
-
-
-@pytest.fixture(scope="module")
-def spec():
-    return feature_specs.load_spec("synthetic")
 
 
 @pytest.fixture(scope="module")

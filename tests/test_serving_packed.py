@@ -30,11 +30,6 @@ USER_SIDES = ("user", "context")
 
 
 @pytest.fixture(scope="module")
-def spec():
-    return feature_specs.load_spec("synthetic")
-
-
-@pytest.fixture(scope="module")
 def run(tmp_path_factory, spec):
     """(run dir, exported version dir, loaded run) of an untrained synthetic run with an mlp light tower."""
     from models.rocket import build_model

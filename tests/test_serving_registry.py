@@ -21,12 +21,6 @@ from test_serving_toy import save_toy
 
 
 @pytest.fixture(scope="module")
-def spec():
-    import feature_specs
-    return feature_specs.load_spec("synthetic")
-
-
-@pytest.fixture(scope="module")
 def toy_versions(tmp_path_factory, spec):
     """Two good versions, built once and copied into each test's base (saving is the slow part)."""
     src = tmp_path_factory.mktemp("toys")

@@ -23,7 +23,6 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2, prediction_service_pb2_grpc
 
-import feature_specs
 from serving import health
 from serving.client import PredictClient
 from serving.rest_client import RestError
@@ -32,11 +31,6 @@ from serving.tensors import from_numpy, to_numpy
 from test_serving_toy import rows_to_examples, rows_to_inputs, save_toy, toy_rows
 
 MODEL = "ctr"
-
-
-@pytest.fixture(scope="module")
-def spec():
-    return feature_specs.load_spec("synthetic")
 
 
 @pytest.fixture(scope="module")

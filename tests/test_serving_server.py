@@ -30,12 +30,6 @@ MODEL = "ctr"
 
 
 @pytest.fixture(scope="module")
-def spec():
-    import feature_specs
-    return feature_specs.load_spec("synthetic")
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory, spec):
     base = tmp_path_factory.mktemp("models")
     save_toy(base, 1, seed=1, spec=spec)

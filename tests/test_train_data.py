@@ -19,11 +19,6 @@ from tests.train_helpers import fast_config, fixture_data
 
 
 @pytest.fixture(scope="module")
-def spec():
-    return feature_specs.load_spec("synthetic")
-
-
-@pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return fixture_data(tmp_path_factory.mktemp("train_data") / "data", rows=600)
 
